@@ -1,0 +1,220 @@
+"""One live MCP client link per instance endpoint, owned by its own supervisor task.
+
+A `Client` holds task groups and must be exited by the task that entered it, and an HTTP transport failure
+crashes the client's task groups; so every link lives in a supervisor task (started in the proxy-wide task
+group) that catches whatever kills it, and request handlers only call into it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from typing import Any, Protocol
+
+import anyio
+import httpx2
+import mcp_types as t
+from mcp import Client, MCPError, StdioServerParameters
+from mcp.client.session import ClientRequestContext, ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from .providers.base import HttpTarget, Instance, StdioTarget
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+_LIST_METHODS = {
+    "tools": "tools/list",
+    "prompts": "prompts/list",
+    "resources": "resources/list",
+    "resourceTemplates": "resources/templates/list",
+}
+_MAX_PAGES = 1000
+
+
+class BackendGone(Exception):
+    """The backend link is closed or died; `str()` is written for the agent."""
+
+
+class LinkEvents(Protocol):
+    """What the owning episode does with traffic a backend starts."""
+
+    async def relay_request(self, alias: str, request: t.ServerRequest, result_type: type[Any]) -> Any: ...
+
+    async def relay_notification(self, alias: str, notification: t.ServerNotification) -> None: ...
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, secret-free cause for operators; never shown to agents verbatim."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions[:3])
+    if isinstance(exc, MCPError):
+        return f"MCP error {exc.code}"
+    if isinstance(exc, OSError | httpx2.TransportError):
+        return type(exc).__name__
+    return type(exc).__name__
+
+
+class BackendLink:
+    """The proxy's MCP client session with one backend instance."""
+
+    def __init__(self, instance: Instance, events: LinkEvents, *, startup_timeout: float) -> None:
+        self.instance = instance
+        self.alias = instance.alias
+        self._events = events
+        self._startup_timeout = startup_timeout
+        self._session: ClientSession | None = None
+        self.lists: dict[str, list[dict[str, Any]]] = {key: [] for key in _LIST_METHODS}
+        self.capabilities: t.ServerCapabilities | None = None
+        self.failure: str | None = None
+        self._stop = anyio.Event()
+        self._stopped = anyio.Event()
+
+    @property
+    def alive(self) -> bool:
+        return self._session is not None and self.failure is None and not self._stopped.is_set()
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Connect, list, report readiness, then hold the link open until `stop()` or the backend dies."""
+        started = False
+        try:
+            with anyio.CancelScope(deadline=anyio.current_time() + self._startup_timeout) as scope:
+                async with AsyncExitStack() as stack:
+                    client = await stack.enter_async_context(self._client(stack))
+                    self._session = client.session
+                    self.capabilities = client.server_capabilities
+                    await self.refresh()
+                    scope.deadline = math.inf
+                    started = True
+                    task_status.started()
+                    await self._stop.wait()
+            if scope.cancelled_caught and not started:
+                self.failure = f"did not start within {self._startup_timeout:g} s"
+        except* Exception as group:
+            self.failure = ("stopped: " if started else "failed to start: ") + _describe(group)
+            logger.warning("environment %s (%s) %s", self.alias, self.instance.instance_id, self.failure)
+        finally:
+            self._session = None
+            self._stopped.set()
+            if not started:
+                task_status.started()
+
+    def _client(self, stack: AsyncExitStack) -> Client:
+        target = self.instance.target
+        server: Any
+        if isinstance(target, StdioTarget):
+            server = StdioServerParameters(
+                command=target.command, args=list(target.args), env=dict(target.env), cwd=target.cwd
+            )
+        else:
+            assert isinstance(target, HttpTarget)
+            http = httpx2.AsyncClient(headers=dict(target.headers), timeout=httpx2.Timeout(30.0, read=None))
+            stack.push_async_callback(http.aclose)
+            # No SSE event ceiling: a 10 MiB tool result is one event.
+            server = streamable_http_client(target.url, http_client=http, max_sse_event_size=None)
+        return Client(
+            server,
+            mode="legacy",
+            cache=None,
+            sampling_callback=self._on_sampling,
+            elicitation_callback=self._on_elicitation,
+            list_roots_callback=self._on_roots,
+            logging_callback=self._on_log,
+            message_handler=self._on_message,
+        )
+
+    async def stop(self, timeout: float) -> None:
+        """Close the link (the stdio child is stopped by the SDK), waiting at most `timeout` seconds."""
+        self._stop.set()
+        with anyio.move_on_after(timeout, shield=True):
+            await self._stopped.wait()
+
+    # -- requests --------------------------------------------------------------------------------------------
+    async def request(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None,
+        *,
+        timeout: float,
+        on_progress: ProgressFn | None = None,
+    ) -> dict[str, Any]:
+        """Send one request and return the raw result, unvalidated and unre-serialized.
+
+        Raises:
+            BackendGone: the link is closed or died.
+            MCPError: the backend answered with an error, or REQUEST_TIMEOUT / CONNECTION_CLOSED.
+        """
+        session = self._session
+        if session is None or self.failure is not None:
+            raise BackendGone(self._gone_message())
+        data: dict[str, Any] = {"method": method, "params": dict(params) if params is not None else {}}
+        opts: dict[str, Any] = {"timeout": timeout}
+        if on_progress is not None:
+            opts["on_progress"] = on_progress
+        # The typed `send_request` validates the result twice and `call_tool` also checks output schemas;
+        # a proxy forwards what it got. These two private members are pinned by mcp==2.3.0 and a test.
+        session._stamp(data, opts)  # type: ignore[arg-type]
+        return await session._dispatcher.send_raw_request(method, data["params"], opts)  # type: ignore[arg-type]
+
+    async def list_all(self, key: str, timeout: float) -> list[dict[str, Any]]:
+        """Follow a list method's cursors to the end."""
+        method = _LIST_METHODS[key]
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        for _ in range(_MAX_PAGES):
+            page = await self.request(method, {"cursor": cursor} if cursor else None, timeout=timeout)
+            items.extend(page.get(key) or [])
+            cursor = page.get("nextCursor")
+            if not cursor:
+                return items
+        raise MCPError(t.INTERNAL_ERROR, f"{method} of {self.alias} did not end after {_MAX_PAGES} pages")
+
+    async def refresh(self, keys: tuple[str, ...] | None = None, timeout: float = 30.0) -> None:
+        """Re-read the lists the backend advertises (all of them, or `keys`)."""
+        caps = self.capabilities
+        wanted = {
+            "tools": caps is not None and caps.tools is not None,
+            "prompts": caps is not None and caps.prompts is not None,
+            "resources": caps is not None and caps.resources is not None,
+            "resourceTemplates": caps is not None and caps.resources is not None,
+        }
+        for key in keys or tuple(_LIST_METHODS):
+            if wanted[key]:
+                self.lists[key] = await self.list_all(key, timeout)
+
+    def _gone_message(self) -> str:
+        if self.failure is not None:
+            return f"The environment '{self.alias}' is not available ({self.failure})."
+        return f"The environment '{self.alias}' has been shut down."
+
+    # -- traffic the backend starts ---------------------------------------------------------------------------
+    async def _on_sampling(
+        self, ctx: ClientRequestContext, params: t.CreateMessageRequestParams
+    ) -> t.CreateMessageResult | t.ErrorData:
+        return await self._relay(t.CreateMessageRequest(params=params), t.CreateMessageResult)  # type: ignore[no-any-return]
+
+    async def _on_elicitation(self, ctx: ClientRequestContext, params: t.ElicitRequestParams) -> t.ElicitResult | t.ErrorData:
+        return await self._relay(t.ElicitRequest(params=params), t.ElicitResult)  # type: ignore[no-any-return]
+
+    async def _on_roots(self, ctx: ClientRequestContext) -> t.ListRootsResult | t.ErrorData:
+        return await self._relay(t.ListRootsRequest(), t.ListRootsResult)  # type: ignore[no-any-return]
+
+    async def _relay(self, request: Any, result_type: type[Any]) -> Any:
+        try:
+            return await self._events.relay_request(self.alias, request, result_type)
+        except MCPError as exc:
+            return exc.error
+
+    async def _on_log(self, params: t.LoggingMessageNotificationParams) -> None:
+        await self._events.relay_notification(self.alias, t.LoggingMessageNotification(params=params))
+
+    async def _on_message(self, message: Any) -> None:
+        if isinstance(message, Exception):
+            logger.info("environment %s transport: %s", self.alias, _describe(message))
+            return
+        if isinstance(message, t.LoggingMessageNotification | t.ProgressNotification | t.CancelledNotification):
+            return  # logs arrive through _on_log; progress through the call's own callback
+        await self._events.relay_notification(self.alias, message)

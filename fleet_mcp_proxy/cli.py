@@ -1,0 +1,119 @@
+"""Command line: argv -> config -> serve over stdio or HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+import warnings
+from collections.abc import Sequence
+
+import anyio
+import uvicorn
+from mcp.shared.exceptions import MCPDeprecationWarning
+
+from . import __version__
+from .config import ConfigError, EnvironmentConfig, ProxyConfig, load_config
+from .front.http import build_app
+from .front.server import StateHolder, build_server
+from .front.stdio import serve_stdio
+from .providers.local import INSTANCE_DIR, LocalProvider
+
+logger = logging.getLogger("fleet_mcp_proxy")
+
+
+def demo_environment() -> EnvironmentConfig:
+    """The built-in issue tracker, one fresh copy of its database per episode."""
+    return EnvironmentConfig(
+        name="tracker",
+        command=(sys.executable, "-m", "fleet_mcp_proxy.demo", "--data-dir", INSTANCE_DIR),
+    )
+
+
+def environments_of(config: ProxyConfig) -> tuple[EnvironmentConfig, ...]:
+    return config.environments or (demo_environment(),)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleet-mcp-proxy",
+        description="One MCP endpoint in front of per-episode environment instances.",
+    )
+    parser.add_argument("--version", action="version", version=f"fleet-mcp-proxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve agents over streamable HTTP (default) or stdio")
+    mode = serve.add_mutually_exclusive_group()
+    mode.add_argument("--http", action="store_true", help="streamable HTTP on /mcp (the default)")
+    mode.add_argument("--stdio", action="store_true", help="one client on stdin/stdout; the process is the episode")
+    serve.add_argument("--config", metavar="FILE", help="TOML config file (see examples/config.toml)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=URL|COMMAND",
+        help="an environment: an MCP server URL, or a command spawned per episode (shell-split); repeatable",
+    )
+    serve.add_argument("--idle-timeout", type=float, help="end an episode after this many idle seconds")
+    serve.add_argument("--default-episode", action="store_true", default=None,
+                       help="let keyless 2026-07-28 clients share one episode per principal")
+    serve.add_argument("--modality", choices=["tool_use", "computer_use"], help="filter tools by modality")
+    serve.add_argument("--log-level", default="INFO", help="stderr log level (default INFO)")
+    return parser
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    # IPPROTO_TCP explicitly: with proto 0, accepted sockets keep Nagle on and each response costs ~40 ms.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _serve_http(config: ProxyConfig) -> None:
+    holder = StateHolder()
+    server = build_server(config, environments_of(config), LocalProvider(), holder)
+    app = build_app(config, server, holder)
+    sock = _bind(config.host, config.port)
+    port = sock.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False))
+    print(f"fleet-mcp-proxy {__version__} listening on http://{config.host}:{port}/mcp", file=sys.stderr, flush=True)
+    await uv.serve(sockets=[sock])
+
+
+async def _serve_stdio(config: ProxyConfig) -> None:
+    server = build_server(config, environments_of(config), LocalProvider())
+    await serve_stdio(server)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", category=MCPDeprecationWarning)  # logging/sampling relays use them on purpose
+    try:
+        config = load_config(
+            args.config,
+            overrides={
+                "host": args.host,
+                "port": args.port,
+                "idle_timeout": args.idle_timeout,
+                "default_episode": args.default_episode,
+                "modality": args.modality,
+            },
+            env_args=tuple(args.env),
+        )
+    except ConfigError as exc:
+        print(f"fleet-mcp-proxy: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        anyio.run(_serve_stdio if args.stdio else _serve_http, config)
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"fleet-mcp-proxy: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,276 @@
+"""The episode: one agent's world. Lazy provisioning, routing, relays, and an orderly end."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+import mcp_types as t
+from mcp import MCPError
+from mcp.server.connection import Connection
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    PromptsListChanged,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ToolsListChanged,
+)
+
+from .backends import BackendGone, BackendLink
+from .catalog import (
+    PromptCatalog,
+    ResourceCatalog,
+    ToolCatalog,
+    build_prompt_catalog,
+    build_resource_catalog,
+    build_tool_catalog,
+)
+from .config import EnvironmentConfig, Modality
+from .forwarding import Caller
+from .providers.base import Instance, Provider, ProvisionError
+
+logger = logging.getLogger(__name__)
+
+
+class EpisodeEnded(Exception):
+    """The episode is over; `str()` says why, for the agent."""
+
+
+@dataclass
+class _Flight:
+    """One provisioning attempt shared by every caller that arrives while it runs."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: str | None = None
+
+
+class Episode:
+    """Backends, catalogs and upstream channels of one episode."""
+
+    def __init__(
+        self,
+        key: str,
+        principal: str,
+        environments: Sequence[EnvironmentConfig],
+        provider: Provider,
+        task_group: anyio.abc.TaskGroup,
+        *,
+        modality: Modality | None,
+        end_timeout: float,
+    ) -> None:
+        self.key = key
+        self.principal = principal
+        self.id = uuid.uuid4().hex[:16]
+        self.environments = {env.name: env for env in environments}
+        self._provider = provider
+        self._tg = task_group
+        self._modality = modality
+        self._end_timeout = end_timeout
+        self.links: dict[str, BackendLink] = {}
+        self.instances: dict[str, Instance] = {}
+        self._flight: _Flight | None = None
+        self.tools: ToolCatalog = build_tool_catalog({}, (), modality)
+        self.prompts: PromptCatalog = build_prompt_catalog({})
+        self.resources: ResourceCatalog = build_resource_catalog({}, {})
+        self.connections: list[Connection] = []
+        self.session_ids: set[str] = set()
+        self.bus = InMemorySubscriptionBus()
+        self.listen = ListenHandler(self.bus)
+        self.callers: dict[str, list[Caller]] = {}
+        self.inflight = 0
+        self.last_active = anyio.current_time()
+        self.ended: str | None = None
+        self._end_done = anyio.Event()
+        self._end_started = False
+
+    # -- activity --------------------------------------------------------------------------------------------
+    def touch(self) -> None:
+        self.last_active = anyio.current_time()
+
+    def attach(self, conn: Connection) -> None:
+        """Send this connection the episode's standalone notifications."""
+        if conn not in self.connections:
+            self.connections.append(conn)
+
+    def detach(self, conn: Connection) -> None:
+        if conn in self.connections:
+            self.connections.remove(conn)
+
+    # -- provisioning ----------------------------------------------------------------------------------------
+    @property
+    def provisioned(self) -> bool:
+        return bool(self.environments) and all(
+            alias in self.links and self.links[alias].alive for alias in self.environments
+        )
+
+    async def ready(self) -> None:
+        """Provision every environment not yet up; concurrent callers share one attempt.
+
+        Raises:
+            EpisodeEnded: the episode is over.
+            ProvisionError: the attempt failed (the next call tries again).
+        """
+        if self.ended is not None:
+            raise EpisodeEnded(self._ended_message())
+        if self.provisioned:
+            return
+        flight = self._flight
+        if flight is None or flight.done.is_set():
+            flight = self._flight = _Flight()
+            self._tg.start_soon(self._provision, flight)
+        await flight.done.wait()
+        if self.ended is not None:
+            raise EpisodeEnded(self._ended_message())
+        if flight.error is not None:
+            raise ProvisionError(flight.error)
+
+    async def _provision(self, flight: _Flight) -> None:
+        errors: list[str] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                for alias, env in self.environments.items():
+                    link = self.links.get(alias)
+                    if link is None or not link.alive:
+                        tg.start_soon(self._provision_one, env, errors)
+            if not errors:
+                self._rebuild()
+        except Exception:  # top of a background task: report, never crash the proxy
+            logger.exception("provisioning episode %s failed", self.id)
+            errors.append("the proxy failed while provisioning")
+        finally:
+            flight.error = "; ".join(errors) if errors else None
+            flight.done.set()
+
+    async def _provision_one(self, env: EnvironmentConfig, errors: list[str]) -> None:
+        stale = self.instances.pop(env.name, None)
+        self.links.pop(env.name, None)
+        if stale is not None:
+            await self._release(stale)
+        try:
+            instance = await self._provider.provision(env, self.id)
+        except ProvisionError as exc:
+            errors.append(f"environment '{env.name}' could not be provisioned: {exc}")
+            return
+        self.instances[env.name] = instance
+        link = BackendLink(instance, self, startup_timeout=env.startup_timeout)
+        await self._tg.start(link.run)
+        if link.failure is not None:
+            errors.append(f"environment '{env.name}' {link.failure}")
+            self.instances.pop(env.name, None)
+            await self._release(instance)
+            return
+        self.links[env.name] = link
+        if self.ended is not None:  # ended while we were starting it: it must not outlive the episode
+            await link.stop(self._end_timeout)
+            await self._release(instance)
+
+    def _rebuild(self) -> None:
+        lists = {alias: link.lists for alias, link in sorted(self.links.items())}
+        self.tools = build_tool_catalog({a: ls["tools"] for a, ls in lists.items()}, (), self._modality)
+        self.prompts = build_prompt_catalog({a: ls["prompts"] for a, ls in lists.items()})
+        self.resources = build_resource_catalog(
+            {a: ls["resources"] for a, ls in lists.items()},
+            {a: ls["resourceTemplates"] for a, ls in lists.items()},
+        )
+        for warning in self.tools.warnings:
+            logger.warning("episode %s: %s", self.id, warning)
+
+    def link(self, alias: str) -> BackendLink:
+        link = self.links.get(alias)
+        if link is None:
+            raise BackendGone(f"The environment '{alias}' is not available.")
+        return link
+
+    # -- traffic backends start (LinkEvents) ---------------------------------------------------------------
+    async def relay_request(self, alias: str, request: t.ServerRequest, result_type: type[Any]) -> Any:
+        callers = self.callers.get(alias)
+        timeout = self.environments[alias].call_timeout
+        if callers:
+            return await callers[-1].ask(request, result_type, timeout)
+        if self.connections:
+            with anyio.fail_after(timeout):
+                return await self.connections[-1].send_request(request)  # type: ignore[call-overload]
+        raise MCPError(t.INVALID_REQUEST, "No client is connected to answer this request.")
+
+    async def relay_notification(self, alias: str, notification: t.ServerNotification) -> None:
+        if isinstance(notification, t.LoggingMessageNotification):
+            callers = self.callers.get(alias)
+            if callers:
+                await callers[-1].log(notification.params)
+            else:
+                for conn in list(self.connections):
+                    p = notification.params
+                    await conn.notify("notifications/message", p.model_dump(by_alias=True, exclude_none=True))
+            return
+        if isinstance(notification, t.ToolListChangedNotification):
+            await self._relist(alias, "tools")
+            await self._broadcast("notifications/tools/list_changed", None, ToolsListChanged())
+        elif isinstance(notification, t.PromptListChangedNotification):
+            await self._relist(alias, "prompts")
+            await self._broadcast("notifications/prompts/list_changed", None, PromptsListChanged())
+        elif isinstance(notification, t.ResourceListChangedNotification):
+            await self._relist(alias, "resources", "resourceTemplates")
+            await self._broadcast("notifications/resources/list_changed", None, ResourcesListChanged())
+        elif isinstance(notification, t.ResourceUpdatedNotification):
+            uri = self.resources.exposed_uri(alias, str(notification.params.uri))
+            await self._broadcast("notifications/resources/updated", {"uri": uri}, ResourceUpdated(uri=uri))
+        else:
+            data = notification.model_dump(by_alias=True, exclude_none=True)
+            await self._broadcast(data["method"], data.get("params"), None)
+
+    async def _relist(self, alias: str, *keys: str) -> None:
+        link = self.links.get(alias)
+        if link is None or not link.alive:
+            return
+        try:
+            await link.refresh(keys)
+        except (MCPError, BackendGone):
+            logger.warning("episode %s: could not re-list %s of %s", self.id, "/".join(keys), alias)
+            return
+        self._rebuild()
+
+    async def _broadcast(self, method: str, params: Mapping[str, Any] | None, event: Any) -> None:
+        for conn in list(self.connections):
+            await conn.notify(method, params)
+        if event is not None:
+            await self.bus.publish(event)
+
+    # -- the end ---------------------------------------------------------------------------------------------
+    def _ended_message(self) -> str:
+        return f"This episode has ended ({self.ended}). Start a new session to get fresh environments."
+
+    async def end(self, reason: str) -> None:
+        """Close every link and release every instance; idempotent, shielded and bounded."""
+        if self._end_started:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._end_timeout):
+                await self._end_done.wait()
+            return
+        self._end_started = True
+        self.ended = reason
+        try:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._end_timeout):
+                async with anyio.create_task_group() as tg:
+                    for link in list(self.links.values()):
+                        tg.start_soon(link.stop, self._end_timeout / 2)
+                async with anyio.create_task_group() as tg:
+                    for instance in list(self.instances.values()):
+                        tg.start_soon(self._release, instance)
+        finally:
+            self.links.clear()
+            self.instances.clear()
+            self.connections.clear()
+            self._end_done.set()
+            logger.info("episode %s ended: %s", self.id, reason)
+
+    async def _release(self, instance: Instance) -> None:
+        try:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._end_timeout):
+                await self._provider.release(instance)
+        except Exception:  # one failed release must not stop the others
+            logger.exception("releasing %s (%s) failed", instance.instance_id, instance.alias)

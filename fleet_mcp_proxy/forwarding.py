@@ -1,0 +1,66 @@
+"""The caller side of one forwarded request: progress, logs and relayed requests ride back to it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import mcp_types as t
+from mcp import MCPError
+from mcp.server import ServerRequestContext
+from mcp.shared.message import ServerMessageMetadata
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+_RESERVED_META = "io.modelcontextprotocol/"
+_FRONT_ONLY = frozenset({"inputResponses", "requestState", "_meta"})
+
+
+class Caller:
+    """The upstream request a backend call is made for."""
+
+    __slots__ = ("_ctx", "modern", "wants_progress")
+
+    def __init__(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        self._ctx = ctx
+        self.modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+        self.wants_progress = bool(ctx.meta and ctx.meta.get("progress_token") is not None)
+
+    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
+        await self._ctx.session.report_progress(progress, total, message)
+
+    async def log(self, params: t.LoggingMessageNotificationParams) -> None:
+        await self._ctx.session.send_log_message(
+            params.level, params.data, params.logger, related_request_id=self._ctx.request_id
+        )
+
+    async def ask(self, request: t.ServerRequest, result_type: type[Any], timeout: float) -> Any:
+        """Relay a backend's sampling, elicitation or roots request on this request's stream."""
+        if self.modern:
+            raise MCPError(
+                t.INVALID_REQUEST,
+                "This client connected with protocol 2026-07-28, where the proxy cannot relay "
+                f"'{request.method}' yet; connect with the 2025-11-25 handshake to use it.",
+            )
+        with anyio.fail_after(timeout):
+            return await self._ctx.session.send_request(
+                request, result_type, metadata=ServerMessageMetadata(related_request_id=self._ctx.request_id)
+            )
+
+
+def forward_params(raw: Mapping[str, Any] | None, **replace: Any) -> dict[str, Any]:
+    """The upstream params as the backend should see them: hop-specific keys dropped, names swapped."""
+    raw = raw or {}
+    params = {k: v for k, v in raw.items() if k not in _FRONT_ONLY}
+    params.update(replace)
+    meta = raw.get("_meta")
+    if isinstance(meta, Mapping):
+        kept = {k: v for k, v in meta.items() if k != "progressToken" and not k.startswith(_RESERVED_META)}
+        if kept:
+            params["_meta"] = kept
+    return params
+
+
+def tool_error(text: str) -> dict[str, Any]:
+    """A tool result the agent reads as a failure."""
+    return {"content": [{"type": "text", "text": text}], "isError": True}

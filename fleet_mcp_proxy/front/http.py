@@ -1,0 +1,111 @@
+"""The streamable-HTTP front: `/mcp` behind Host/Origin checks, plus `/healthz`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from ..config import ProxyConfig
+from ..episode import Episode
+from .identity import episode_key
+from .server import ProxyServer, StateHolder
+
+logger = logging.getLogger(__name__)
+_LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]")
+_LOOPBACK_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
+
+
+def security_settings(config: ProxyConfig) -> TransportSecuritySettings:
+    """DNS-rebinding protection is always on: loopback plus what the operator allowed."""
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[*_LOOPBACK_HOSTS, *config.allowed_hosts],
+        allowed_origins=[*_LOOPBACK_ORIGINS, *config.allowed_origins],
+    )
+
+
+def _jsonrpc_error(status: int, code: int, message: str) -> Response:
+    body = {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
+    return Response(json.dumps(body), status_code=status, media_type="application/json")
+
+
+class McpEndpoint:
+    """Wraps the SDK's session manager with what the episode model adds to plain sessions."""
+
+    def __init__(self, manager: StreamableHTTPSessionManager, holder: StateHolder) -> None:
+        self._manager = manager
+        self._asgi = StreamableHTTPASGIApp(manager)
+        self._holder = holder
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        state = self._holder.state
+        try:
+            key = episode_key(request.query_params, request.headers)
+        except Exception as exc:  # MCPError with a message for people
+            await _jsonrpc_error(400, -32602, str(exc))(scope, receive, send)
+            return
+        session_id = request.headers.get("mcp-session-id")
+        if state is not None and session_id is not None and session_id in state.registry.ended_sessions:
+            # The episode behind this session is over (idle timeout): the client must start afresh.
+            await _jsonrpc_error(404, -32600, "Session not found")(scope, receive, send)
+            return
+        if request.method == "DELETE" and key is not None and state is not None:
+            # An explicit end of a keyed episode; with a session id the transport session ends too.
+            token = get_access_token()
+            principal = token.client_id if token is not None else "anonymous"
+            state.registry.schedule_end(f"key:{principal}:{key}", "ended by the client")
+            if session_id is None:
+                await Response(status_code=204)(scope, receive, send)
+                return
+        await self._asgi(scope, receive, send)
+
+    async def terminate_sessions(self, episode: Episode) -> None:
+        """Close the transport sessions of an ended episode so connected clients notice at once."""
+        servers: dict[str, Any] = getattr(self._manager, "_server_instances", {})
+        for session_id in episode.session_ids:
+            transport = servers.get(session_id)
+            if transport is not None:
+                await transport.terminate()
+
+
+def build_app(config: ProxyConfig, server: ProxyServer, holder: StateHolder) -> Starlette:
+    manager = StreamableHTTPSessionManager(
+        app=server,
+        security_settings=security_settings(config),
+        # The proxy's own idle timeout (which also sees open GET streams) ends episodes; the
+        # transport's reaper only cleans up after clients that vanished.
+        session_idle_timeout=config.idle_timeout,
+        max_sessions=config.max_sessions,
+        max_request_body_size=config.max_request_body,
+    )
+    endpoint = McpEndpoint(manager, holder)
+
+    async def healthz(request: Request) -> Response:
+        state = holder.state
+        episodes = len(state.registry.episodes) if state is not None else 0
+        return JSONResponse({"status": "ok" if state is not None else "starting", "episodes": episodes})
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with manager.run():
+            assert holder.state is not None
+            holder.state.registry.on_end.append(endpoint.terminate_sessions)
+            yield
+
+    return Starlette(
+        routes=[Route("/mcp", endpoint=endpoint, methods=["GET", "POST", "DELETE"]), Route("/healthz", healthz)],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,65 @@
+"""Which episode a request belongs to: pure rules over what the request carries."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from mcp import MCPError
+from mcp_types import INVALID_PARAMS, INVALID_REQUEST
+
+EPISODE_HEADER = "fleet-episode"
+EPISODE_QUERY = "episode"
+_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+KEYLESS_MODERN = (
+    "This proxy gives every agent episode its own environments, so a 2026-07-28 request must name its "
+    "episode: add ?episode=KEY to the endpoint URL or send the header 'Fleet-Episode: KEY' "
+    "(any unique string of letters, digits, '.', '_', ':' or '-'), or connect with the 2025-11-25 "
+    "initialize handshake, where the session is the episode."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestIdentity:
+    """What the front knows about a request before it picks an episode."""
+
+    principal: str
+    episode_key: str | None
+    session_id: str | None
+    modern: bool
+
+
+def episode_key(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:
+    """The explicit episode key, from the query string or the `Fleet-Episode` header.
+
+    Raises:
+        MCPError: the key is malformed, or the two places disagree.
+    """
+    from_query = query.get(EPISODE_QUERY)
+    from_header = headers.get(EPISODE_HEADER)
+    if from_query is not None and from_header is not None and from_query != from_header:
+        raise MCPError(INVALID_PARAMS, "The episode key in the URL and the Fleet-Episode header differ.")
+    key = from_query if from_query is not None else from_header
+    if key is not None and not _KEY.match(key):
+        raise MCPError(
+            INVALID_PARAMS,
+            "The episode key must be 1 to 128 letters, digits, '.', '_', ':' or '-'.",
+        )
+    return key
+
+
+def episode_slot(identity: RequestIdentity, *, default_episode: bool) -> str:
+    """The registry key of the episode this request belongs to.
+
+    Raises:
+        MCPError: a 2026-07-28 request without a key while no default episode is configured.
+    """
+    if identity.episode_key is not None:
+        return f"key:{identity.principal}:{identity.episode_key}"
+    if identity.session_id is not None and not identity.modern:
+        return f"session:{identity.session_id}"
+    if default_episode:
+        return f"default:{identity.principal}"
+    raise MCPError(INVALID_REQUEST, KEYLESS_MODERN)

@@ -1,0 +1,62 @@
+"""What a provider hands back: an instance and how to reach its MCP server."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ..config import EnvironmentConfig
+
+
+@dataclass(frozen=True, slots=True)
+class StdioTarget:
+    """An MCP server the proxy spawns and speaks to over stdio."""
+
+    command: str
+    args: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    cwd: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpTarget:
+    """An MCP server reached over streamable HTTP."""
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+Target = StdioTarget | HttpTarget
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One provisioned environment instance, owned by exactly one episode."""
+
+    alias: str
+    instance_id: str
+    provider: str
+    target: Target
+    data_dir: Path | None = None
+
+
+class ProvisionError(Exception):
+    """Provisioning failed; `str()` is written for the agent and the operator and carries no secret."""
+
+
+class Provider(Protocol):
+    """Where instances come from."""
+
+    async def provision(self, env: EnvironmentConfig, episode_id: str) -> Instance:
+        """Create (or reserve) an instance of `env` for one episode.
+
+        Raises:
+            ProvisionError: with a message for people.
+        """
+        ...
+
+    async def release(self, instance: Instance) -> None:
+        """Give the instance back. Idempotent; must not raise for an instance already gone."""
+        ...
