@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import anyio
 import anyio.abc
@@ -14,9 +14,11 @@ import mcp_types as t
 from mcp import MCPError
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.caching import CacheHint
 from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult
 from mcp.server.models import InitializationOptions
+from mcp_types.methods import CacheableMethod
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from .. import __version__
@@ -257,6 +259,20 @@ async def _forward(episode: Episode, alias: str, method: str, params: dict[str, 
         episode.touch()
 
 
+def _era_complete(
+    handler: Callable[[Ctx, Any], Awaitable[HandlerResult]],
+) -> Callable[[Ctx, Any], Awaitable[HandlerResult]]:
+    """Results forwarded raw from a handshake-era backend lack the 2026-07-28 `resultType`."""
+
+    async def wrapped(ctx: Ctx, params: Any) -> HandlerResult:
+        result = await handler(ctx, params)
+        if isinstance(result, dict) and "resultType" not in result and ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            result["resultType"] = "complete"
+        return result
+
+    return wrapped
+
+
 # -- assembly ---------------------------------------------------------------------------------------------------
 async def refuse_keyless_discover(ctx: Ctx, call_next: CallNext) -> HandlerResult:
     """Steer keyless HTTP clients to the handshake era, where the transport session is the episode."""
@@ -312,8 +328,10 @@ def build_server(
         version=__version__,
         lifespan=lifespan,
         get_tool_input_schema=lambda _name: None,  # backends validate their own arguments
+        # Lists are per episode and change after provisioning: never cache them, never share them.
+        cache_hints={method: CacheHint(ttl_ms=0, scope="private") for method in get_args(CacheableMethod)},
     )
     for method, params_type, handler in _HANDLERS:
-        server.add_request_handler(method, params_type, handler)
+        server.add_request_handler(method, params_type, _era_complete(handler))
     server.middleware.append(refuse_keyless_discover)
     return server
