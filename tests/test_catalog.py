@@ -26,6 +26,8 @@ from fleet_mcp_proxy.catalog import (
     validate_alias,
 )
 
+# ~150 examples per property keeps the whole file well under 10 s on a loaded 2-core runner.
+PROPERTY = settings(max_examples=150, deadline=None)
 SYNTHETIC_NAMES = ("submit_final_answer", "view_tool_output")
 ALIASES = ("a", "b", "c", "files", "tracker")
 
@@ -116,7 +118,7 @@ def kept_tools(
 # --- tool properties ---------------------------------------------------------------------------------
 
 
-@settings(max_examples=200, deadline=None)
+@PROPERTY
 @given(tool_worlds())
 def test_exposed_tool_names_are_unique_and_listing_matches_routing(world: Any) -> None:
     per_backend, synth, modality = world
@@ -126,7 +128,7 @@ def test_exposed_tool_names_are_unique_and_listing_matches_routing(world: Any) -
     assert exposed == list(catalog.routes)
 
 
-@settings(max_examples=200, deadline=None)
+@PROPERTY
 @given(tool_worlds())
 def test_every_renamed_tool_name_is_valid_and_only_clashing_tools_are_renamed(world: Any) -> None:
     per_backend, synth, modality = world
@@ -142,7 +144,7 @@ def test_every_renamed_tool_name_is_valid_and_only_clashing_tools_are_renamed(wo
             assert exposed.startswith(f"{route.alias}{SEPARATOR}")
 
 
-@settings(max_examples=200, deadline=None)
+@PROPERTY
 @given(tool_worlds(), st.randoms(use_true_random=False))
 def test_tool_catalog_does_not_depend_on_backend_iteration_order(world: Any, rnd: Any) -> None:
     per_backend, synth, modality = world
@@ -155,7 +157,7 @@ def test_tool_catalog_does_not_depend_on_backend_iteration_order(world: Any, rnd
     assert one.warnings == two.warnings
 
 
-@settings(max_examples=200, deadline=None)
+@PROPERTY
 @given(tool_worlds())
 def test_every_kept_tool_is_reachable_by_exactly_one_exposed_name(world: Any) -> None:
     per_backend, synth, modality = world
@@ -172,7 +174,7 @@ def test_every_kept_tool_is_reachable_by_exactly_one_exposed_name(world: Any) ->
     assert names(catalog.tools)[len(backend_routes) :] == names(synth)  # synthetic always shown, last
 
 
-@settings(max_examples=200, deadline=None)
+@PROPERTY
 @given(tool_worlds())
 def test_inputs_are_not_mutated_and_other_keys_survive_exactly(world: Any) -> None:
     per_backend, synth, modality = world
@@ -449,7 +451,7 @@ def resource_worlds(
     return resources, templates
 
 
-@settings(max_examples=200, deadline=None)
+@PROPERTY
 @given(resource_worlds(), st.randoms(use_true_random=False), st.text(max_size=12))
 def test_resource_catalog_properties(world: Any, rnd: Any, probe: str) -> None:
     resources, templates = world
