@@ -192,14 +192,16 @@ class BackendLink:
 
     # -- traffic the backend starts ---------------------------------------------------------------------------
     async def _on_sampling(
-        self, ctx: ClientRequestContext, params: t.CreateMessageRequestParams
+        self, context: ClientRequestContext, params: t.CreateMessageRequestParams
     ) -> t.CreateMessageResult | t.ErrorData:
         return await self._relay(t.CreateMessageRequest(params=params), t.CreateMessageResult)  # type: ignore[no-any-return]
 
-    async def _on_elicitation(self, ctx: ClientRequestContext, params: t.ElicitRequestParams) -> t.ElicitResult | t.ErrorData:
+    async def _on_elicitation(
+        self, context: ClientRequestContext, params: t.ElicitRequestParams
+    ) -> t.ElicitResult | t.ErrorData:
         return await self._relay(t.ElicitRequest(params=params), t.ElicitResult)  # type: ignore[no-any-return]
 
-    async def _on_roots(self, ctx: ClientRequestContext) -> t.ListRootsResult | t.ErrorData:
+    async def _on_roots(self, context: ClientRequestContext) -> t.ListRootsResult | t.ErrorData:
         return await self._relay(t.ListRootsRequest(), t.ListRootsResult)  # type: ignore[no-any-return]
 
     async def _relay(self, request: Any, result_type: type[Any]) -> Any:

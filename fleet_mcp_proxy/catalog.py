@@ -214,9 +214,7 @@ def _dedupe(
         elif not keep(value):
             continue
         elif value in seen:
-            warnings.append(
-                f"backend {alias!r}: duplicate {kind} {value!r} at #{index} dropped (kept the first)"
-            )
+            warnings.append(f"backend {alias!r}: duplicate {kind} {value!r} at #{index} dropped (kept the first)")
         else:
             seen.add(value)
             kept.append((value, item))

@@ -57,8 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         help="an environment: an MCP server URL, or a command spawned per episode (shell-split); repeatable",
     )
     serve.add_argument("--idle-timeout", type=float, help="end an episode after this many idle seconds")
-    serve.add_argument("--default-episode", action="store_true", default=None,
-                       help="let keyless 2026-07-28 clients share one episode per principal")
+    serve.add_argument(
+        "--default-episode",
+        action="store_true",
+        default=None,
+        help="let keyless 2026-07-28 clients share one episode per principal",
+    )
     serve.add_argument("--modality", choices=["tool_use", "computer_use"], help="filter tools by modality")
     serve.add_argument("--log-level", default="INFO", help="stderr log level (default INFO)")
     return parser
@@ -81,7 +85,11 @@ async def _serve_http(config: ProxyConfig) -> None:
     sock = _bind(config.host, config.port)
     port = sock.getsockname()[1]
     uv = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False))
-    print(f"fleet-mcp-proxy {__version__} listening on http://{config.host}:{port}/mcp", file=sys.stderr, flush=True)
+    print(
+        f"fleet-mcp-proxy {__version__} listening on http://{config.host}:{port}/mcp",
+        file=sys.stderr,
+        flush=True,
+    )
     await uv.serve(sockets=[sock])
 
 

@@ -195,7 +195,7 @@ class Episode:
             return await callers[-1].ask(request, result_type, timeout)
         if self.connections:
             with anyio.fail_after(timeout):
-                return await self.connections[-1].send_request(request)  # type: ignore[call-overload]
+                return await self.connections[-1].send_request(request)
         raise MCPError(t.INVALID_REQUEST, "No client is connected to answer this request.")
 
     async def relay_notification(self, alias: str, notification: t.ServerNotification) -> None:

@@ -248,9 +248,7 @@ def test_tool_without_a_string_name_is_dropped_with_a_warning() -> None:
 
 def test_overlong_or_unicode_renamed_name_is_sanitised_truncated_and_hashed() -> None:
     long_name = "ü" + "x" * 127
-    catalog = build_tool_catalog(
-        {"a": [tool(long_name), tool("do it!")], "b": [tool(long_name), tool("do it!")]}
-    )
+    catalog = build_tool_catalog({"a": [tool(long_name), tool("do it!")], "b": [tool(long_name), tool("do it!")]})
     exposed = names(catalog.tools)
     assert exposed == [hashed_form("a", long_name), hashed_form("a", "do it!")] + [
         hashed_form("b", long_name),
@@ -382,9 +380,7 @@ def test_templates_collide_only_with_templates() -> None:
 
 
 def test_route_uri_strips_the_prefix_of_a_rewritten_template_instance() -> None:
-    catalog = build_resource_catalog(
-        {}, {"a": [template("file:///{path}")], "b": [template("file:///{path}")]}
-    )
+    catalog = build_resource_catalog({}, {"a": [template("file:///{path}")], "b": [template("file:///{path}")]})
     assert catalog.route_uri("b+file:///notes.md") == ("b", "file:///notes.md")
     assert catalog.route_uri("file:///notes.md") is None  # ambiguous without the prefix
 
@@ -392,13 +388,17 @@ def test_route_uri_strips_the_prefix_of_a_rewritten_template_instance() -> None:
 def test_route_uri_matches_the_one_backend_whose_template_fits() -> None:
     catalog = build_resource_catalog(
         {"a": [resource("issue://1")]},
-        {"a": [template("issue://{id}")], "b": [template("doc://{+path}"), template("q://x{?q,r}")]},
+        {
+            "a": [template("issue://{id}"), template("v1.api://{id}")],
+            "b": [template("doc://{+path}"), template("q://x{?q,r}")],
+        },
     )
     assert catalog.route_uri("issue://42") == ("a", "issue://42")
     assert catalog.route_uri("issue://42/comments") is None  # {id} does not cross "/"
     assert catalog.route_uri("doc://deep/nested/file") == ("b", "doc://deep/nested/file")
     assert catalog.route_uri("q://x?q=1&r=2") == ("b", "q://x?q=1&r=2")
-    assert catalog.route_uri("q.x(?q") is None  # literal parts are escaped
+    assert catalog.route_uri("v1.api://3") == ("a", "v1.api://3")
+    assert catalog.route_uri("v1xapi://3") is None  # literal parts are escaped
     assert catalog.route_uri("other://1") is None
 
 
@@ -425,9 +425,7 @@ def test_exposed_uri_inverts_routing_for_listed_and_unlisted_uris() -> None:
 
 
 def test_duplicate_resource_uri_in_one_backend_keeps_the_first_and_warns() -> None:
-    catalog = build_resource_catalog(
-        {"a": [{"uri": "u://1", "name": "one"}, {"uri": "u://1", "name": "two"}]}
-    )
+    catalog = build_resource_catalog({"a": [{"uri": "u://1", "name": "one"}, {"uri": "u://1", "name": "two"}]})
     assert catalog.resources == ({"uri": "u://1", "name": "one"},)
     assert len(catalog.warnings) == 1
 
@@ -444,9 +442,7 @@ def resource_worlds(
     aliases = st.sampled_from((*ALIASES, "git"))
     resources = draw(st.dictionaries(aliases, st.lists(uris.map(resource), max_size=5), max_size=4))
     templates = draw(
-        st.dictionaries(
-            aliases, st.lists(st.sampled_from(TEMPLATE_POOL).map(template), max_size=3), max_size=3
-        )
+        st.dictionaries(aliases, st.lists(st.sampled_from(TEMPLATE_POOL).map(template), max_size=3), max_size=3)
     )
     return resources, templates
 
@@ -463,9 +459,7 @@ def test_resource_catalog_properties(world: Any, rnd: Any, probe: str) -> None:
     for item in catalog.resources:
         alias, original = catalog.route_uri(item["uri"]) or ("?", "?")
         assert catalog.exposed_uri(alias, original) == item["uri"]
-        assert without(item, "uri") == without(
-            next(r for r in resources[alias] if r["uri"] == original), "uri"
-        )
+        assert without(item, "uri") == without(next(r for r in resources[alias] if r["uri"] == original), "uri")
     for alias in catalog.aliases:  # any uri a backend names can be relayed and routed back
         assert catalog.route_uri(catalog.exposed_uri(alias, probe)) == (alias, probe)
     shuffled_r, shuffled_t = list(resources.items()), list(templates.items())

@@ -136,9 +136,7 @@ async def test_writes_change_current_only(tmp_path: Path) -> None:
             await call(client, "remove_label", issue_id=new_id, label="bug")
             comment = await call(client, "add_comment", issue_id=new_id, author="dave", body="On it.")
             closed = await call(client, "close_issue", issue_id=new_id, resolution="duplicate")
-            assert (
-                closed["closed_at"] == closed["updated_at"] and closed["updated_at"] > created["created_at"]
-            )
+            assert closed["closed_at"] == closed["updated_at"] and closed["updated_at"] > created["created_at"]
             issue = await call(client, "get_issue", issue_id=new_id)
     assert issue["labels"] == ["docs"] and issue["assignee"] == "carol"
     assert issue["comments"] == [comment]
@@ -177,9 +175,7 @@ async def test_invalid_input_is_a_readable_tool_error(tmp_path: Path) -> None:
             assert "issue_id" in await call_error(client, "get_issue", issue_id="abc")
             assert "Field required" in await call_error(client, "add_comment", issue_id=1, body="x")
             assert "close_issue" in await call_error(client, "update_issue", issue_id=1, status="closed")
-            assert "Known users: alice" in await call_error(
-                client, "assign_issue", issue_id=1, assignee="zed"
-            )
+            assert "Known users: alice" in await call_error(client, "assign_issue", issue_id=1, assignee="zed")
             assert "Known labels:" in await call_error(client, "add_label", issue_id=1, label="nope")
             assert "Known projects: WEB, API, OPS" in await call_error(client, "list_issues", project="XYZ")
             assert "already closed" in await call_error(client, "close_issue", issue_id=4)
@@ -262,9 +258,7 @@ async def test_stdio_subprocess_instances_are_independent(tmp_path: Path) -> Non
             assert len((await call(b, "get_issue", issue_id=1))["comments"]) == 2
             bad = await call_error(a, "update_issue", issue_id=1, priority="critical")
             assert "priority" in bad and "'urgent'" in bad
-    assert query(dir_a / CURRENT_FILE, "SELECT title FROM issues WHERE id = ?", created["id"]) == [
-        ("Only in A",)
-    ]
+    assert query(dir_a / CURRENT_FILE, "SELECT title FROM issues WHERE id = ?", created["id"]) == [("Only in A",)]
     assert query(dir_b / CURRENT_FILE, "SELECT count(*) FROM issues") == [(20,)]
     assert dump(dir_a / SEED_FILE) == dump(dir_b / SEED_FILE) == dump(dir_b / CURRENT_FILE)
 

@@ -16,9 +16,17 @@ from typing import Any
 import anyio
 import mcp_types as t
 import pytest
+from helpers import (
+    KITCHEN,
+    PY,
+    config_with,
+    http_client,
+    kitchen_cmd,
+    kitchen_http,
+    proxy_http,
+    stdio_proxy_params,
+)
 from mcp import Client, MCPError, StdioServerParameters
-
-from helpers import PY, KITCHEN, config_with, http_client, kitchen_cmd, kitchen_http, proxy_http, stdio_proxy_params
 
 MODERN = "2026-07-28"
 _DROP_META = ("io.modelcontextprotocol/serverInfo",)

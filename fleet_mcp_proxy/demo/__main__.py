@@ -55,9 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)
     with contextlib.ExitStack() as stack:
-        data_dir: Path = args.data_dir or Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="tracker-"))
-        )
+        data_dir: Path = args.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tracker-")))
         current = prepare_instance(data_dir)
         log.info("tracker instance at %s", data_dir)
         server = build_server(current)

@@ -146,9 +146,7 @@ class Store:
     ) -> IssuePage:
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         total = int(conn.execute(f"SELECT count(*) FROM ({_SUMMARY}{clause})", args).fetchone()[0])
-        rows = conn.execute(
-            f"{_SUMMARY}{clause} ORDER BY i.id LIMIT ? OFFSET ?", [*args, limit, offset]
-        ).fetchall()
+        rows = conn.execute(f"{_SUMMARY}{clause} ORDER BY i.id LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
         labels = self._labels_of(conn, [r["id"] for r in rows])
         issues = [IssueSummary(**dict(r), labels=labels[r["id"]]) for r in rows]
         more = offset + len(issues) < total

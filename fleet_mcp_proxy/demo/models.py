@@ -74,9 +74,7 @@ class IssuePage(BaseModel):
     total: int = Field(description="Number of matching issues across all pages.")
     offset: int
     limit: int
-    next_offset: int | None = Field(
-        description="Pass as `offset` to get the next page; null on the last page."
-    )
+    next_offset: int | None = Field(description="Pass as `offset` to get the next page; null on the last page.")
 
 
 class ProjectList(BaseModel):

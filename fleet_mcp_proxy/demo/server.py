@@ -30,15 +30,9 @@ Body = Annotated[str, Field(max_length=10_000, description="Markdown description
 Limit = Annotated[int, Field(ge=1, le=100, description="Page size (1-100).")]
 Offset = Annotated[int, Field(ge=0, description="Number of matching issues to skip.")]
 
-_READ = ToolAnnotations(
-    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
-)
-_WRITE = ToolAnnotations(
-    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
-)
-_SET = ToolAnnotations(
-    read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
-)
+_READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+_WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+_SET = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
 
 class _TrackerServer(MCPServer):
@@ -154,9 +148,7 @@ def build_server(current_db: Path) -> MCPServer:
         if not query.split():
             raise ToolError("The query must contain at least one word.")
         with _agent_errors():
-            return tracker.list_issues(
-                query=query, project=project, status=status, limit=limit, offset=offset
-            )
+            return tracker.list_issues(query=query, project=project, status=status, limit=limit, offset=offset)
 
     @mcp.tool(annotations=_READ)
     async def get_issue(issue_id: IssueId) -> Issue:
@@ -172,9 +164,7 @@ def build_server(current_db: Path) -> MCPServer:
         priority: Priority = "medium",
         assignee: Username | None = None,
         reporter: Username | None = None,
-        labels: Annotated[
-            list[str] | None, Field(max_length=10, description="Label names to attach.")
-        ] = None,
+        labels: Annotated[list[str] | None, Field(max_length=10, description="Label names to attach.")] = None,
     ) -> Issue:
         """Create a new open issue in a project and return it with its new id."""
         with _agent_errors():
@@ -266,10 +256,7 @@ def build_server(current_db: Path) -> MCPServer:
             page = tracker.list_issues(project=project, status="open", assignee=UNASSIGNED, limit=100)
         except TrackerError as exc:
             raise MCPError(code=INVALID_PARAMS, message=str(exc)) from exc
-        lines = [
-            f"- #{i.id} [{i.priority}] {i.title} (labels: {', '.join(i.labels) or 'none'})"
-            for i in page.issues
-        ]
+        lines = [f"- #{i.id} [{i.priority}] {i.title} (labels: {', '.join(i.labels) or 'none'})" for i in page.issues]
         listing = "\n".join(lines) or "(there are no open unassigned issues)"
         return (
             f"Triage the open, unassigned issues of project {project.upper()}.\n\n{listing}\n\n"

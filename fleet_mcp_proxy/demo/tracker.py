@@ -79,9 +79,7 @@ class Tracker(Store):
                 where.append("i.assignee_id = ?")
                 args.append(self._user_id(conn, assignee))
             if label is not None:
-                where.append(
-                    "EXISTS (SELECT 1 FROM issue_labels il WHERE il.issue_id = i.id AND il.label_id = ?)"
-                )
+                where.append("EXISTS (SELECT 1 FROM issue_labels il WHERE il.issue_id = i.id AND il.label_id = ?)")
                 args.append(self._label_id(conn, label))
             # Every word must occur in the title or body (LIKE is case-insensitive for ASCII).
             for word in (query or "").split():
@@ -181,9 +179,7 @@ class Tracker(Store):
         with self._tx(write=True) as conn:
             self._issue_row(conn, issue_id)
             label_id = self._label_id(conn, label)
-            cur = conn.execute(
-                "DELETE FROM issue_labels WHERE issue_id = ? AND label_id = ?", (issue_id, label_id)
-            )
+            cur = conn.execute("DELETE FROM issue_labels WHERE issue_id = ? AND label_id = ?", (issue_id, label_id))
             if not cur.rowcount:
                 raise TrackerError(f"Issue {issue_id} has no label {label!r}.")
             conn.execute("UPDATE issues SET updated_at = ? WHERE id = ?", (self._now(conn), issue_id))
@@ -211,8 +207,7 @@ class Tracker(Store):
                 raise TrackerError(f"Issue {issue_id} is already closed (resolution: {row['resolution']}).")
             now = self._now(conn)
             conn.execute(
-                "UPDATE issues SET status = 'closed', resolution = ?, closed_at = ?, updated_at = ?"
-                " WHERE id = ?",
+                "UPDATE issues SET status = 'closed', resolution = ?, closed_at = ?, updated_at = ? WHERE id = ?",
                 (resolution, now, now, issue_id),
             )
             return self._issue(conn, issue_id)

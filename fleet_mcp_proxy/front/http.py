@@ -106,6 +106,9 @@ def build_app(config: ProxyConfig, server: ProxyServer, holder: StateHolder) -> 
             yield
 
     return Starlette(
-        routes=[Route("/mcp", endpoint=endpoint, methods=["GET", "POST", "DELETE"]), Route("/healthz", healthz)],
+        routes=[
+            Route("/mcp", endpoint=endpoint, methods=["GET", "POST", "DELETE"]),
+            Route("/healthz", healthz),
+        ],
         lifespan=lifespan,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -44,6 +45,8 @@ class LocalProvider:
             return text.replace(INSTANCE_DIR, str(data_dir)) if data_dir is not None else text
 
         command, *args = (fill(part) for part in env.command)
+        if command in ("python", "python3"):  # the proxy's own interpreter, venv or not
+            command = sys.executable
         target = StdioTarget(
             command=command,
             args=tuple(args),

@@ -61,14 +61,26 @@ def build(name: str) -> Server[Any]:
         t.Tool(name="media", description="Every content type.", input_schema=obj),
         t.Tool(name="fail", description="A tool error.", input_schema=obj),
         t.Tool(name="protocol_error", description="A JSON-RPC error.", input_schema=obj),
-        t.Tool(name="count", description="Progress.", input_schema={**obj, "properties": {"n": {"type": "integer"}}}),
+        t.Tool(
+            name="count",
+            description="Progress.",
+            input_schema={**obj, "properties": {"n": {"type": "integer"}}},
+        ),
         t.Tool(name="block", description="Wait until cancelled.", input_schema=obj),
-        t.Tool(name="big", description="A large text.", input_schema={**obj, "properties": {"size": {"type": "integer"}}}),
+        t.Tool(
+            name="big",
+            description="A large text.",
+            input_schema={**obj, "properties": {"size": {"type": "integer"}}},
+        ),
         t.Tool(name="ask_llm", description="Sampling.", input_schema=obj),
         t.Tool(name="ask_user", description="Elicitation.", input_schema=obj),
         t.Tool(name="roots", description="Roots.", input_schema=obj),
         t.Tool(name="chatty", description="Log and list_changed.", input_schema=obj),
-        t.Tool(name="touch", description="resources/updated.", input_schema={**obj, "properties": {"uri": {"type": "string"}}}),
+        t.Tool(
+            name="touch",
+            description="resources/updated.",
+            input_schema={**obj, "properties": {"uri": {"type": "string"}}},
+        ),
         t.Tool(name="pid", description="The backend's pid.", input_schema=obj),
         t.Tool(name="crash", description="Exit mid-call.", input_schema=obj),
         t.Tool(name=f"only_{name}", description="Unique to this backend.", input_schema=obj),
@@ -99,7 +111,9 @@ def build(name: str) -> Server[Any]:
                     t.AudioContent(type="audio", data="UklGRg==", mime_type="audio/wav"),
                     t.EmbeddedResource(
                         type="resource",
-                        resource=t.TextResourceContents(uri=f"mem://{name}/info", text="embedded", mime_type="text/plain"),
+                        resource=t.TextResourceContents(
+                            uri=f"mem://{name}/info", text="embedded", mime_type="text/plain"
+                        ),
                     ),
                     t.ResourceLink(type="resource_link", uri=f"mem://{name}/info", name="info"),
                 ]
@@ -131,7 +145,9 @@ def build(name: str) -> Server[Any]:
             content = r.content
             return t.CallToolResult(content=_text(f"sampled: {getattr(content, 'text', '?')}"))
         if p.name == "ask_user":
-            r2 = await s.elicit_form("Your name?", {"type": "object", "properties": {"n": {"type": "string"}}}, ctx.request_id)
+            r2 = await s.elicit_form(
+                "Your name?", {"type": "object", "properties": {"n": {"type": "string"}}}, ctx.request_id
+            )
             return t.CallToolResult(content=_text(f"elicited: {r2.action} {r2.content}"))
         if p.name == "roots":
             r3 = await s.send_request(t.ListRootsRequest(), t.ListRootsResult)
@@ -167,14 +183,20 @@ def build(name: str) -> Server[Any]:
     async def read_resource(ctx: Ctx, params: t.ReadResourceRequestParams) -> t.ReadResourceResult:
         uri = str(params.uri)
         if uri == f"mem://{name}/info" or uri == "mem://shared" or uri.startswith(f"mem://{name}/items/"):
-            return t.ReadResourceResult(contents=[t.TextResourceContents(uri=uri, text=f"{name}:{uri}", mime_type="text/plain")])
+            return t.ReadResourceResult(
+                contents=[t.TextResourceContents(uri=uri, text=f"{name}:{uri}", mime_type="text/plain")]
+            )
         raise MCPError(code=t.INVALID_PARAMS, message=f"Unknown resource: {uri}")
 
     async def subscribe(ctx: Ctx, params: t.SubscribeRequestParams) -> t.EmptyResult:
         return t.EmptyResult()
 
     prompts = [
-        t.Prompt(name="greet", description="Greet someone.", arguments=[t.PromptArgument(name="who", required=True)]),
+        t.Prompt(
+            name="greet",
+            description="Greet someone.",
+            arguments=[t.PromptArgument(name="who", required=True)],
+        ),
         t.Prompt(name=f"{name}_prompt", description="Unique prompt."),
     ]
 

