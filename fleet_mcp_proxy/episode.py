@@ -34,6 +34,7 @@ from .catalog import (
 from .config import EnvironmentConfig, Modality
 from .forwarding import Caller
 from .providers.base import Instance, Provider, ProvisionError
+from .roundtrip import PendingCall
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Episode:
         self.bus = InMemorySubscriptionBus()
         self.listen = ListenHandler(self.bus)
         self.callers: dict[str, list[Caller]] = {}
+        self.pending: dict[str, PendingCall] = {}
         self.inflight = 0
         self.last_active = anyio.current_time()
         self.ended: str | None = None
@@ -103,6 +105,10 @@ class Episode:
             self.connections.remove(conn)
 
     # -- provisioning ----------------------------------------------------------------------------------------
+    @property
+    def task_group(self) -> anyio.abc.TaskGroup:
+        return self._tg
+
     @property
     def provisioned(self) -> bool:
         return bool(self.environments) and all(

@@ -12,6 +12,8 @@ from mcp.server import ServerRequestContext
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from .roundtrip import PendingCall
+
 _RESERVED_META = "io.modelcontextprotocol/"
 _FRONT_ONLY = frozenset({"inputResponses", "requestState", "_meta"})
 
@@ -19,12 +21,17 @@ _FRONT_ONLY = frozenset({"inputResponses", "requestState", "_meta"})
 class Caller:
     """The upstream request a backend call is made for."""
 
-    __slots__ = ("_ctx", "modern", "wants_progress")
+    __slots__ = ("_ctx", "modern", "pending", "wants_progress")
 
     def __init__(self, ctx: ServerRequestContext[Any, Any]) -> None:
         self._ctx = ctx
         self.modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
         self.wants_progress = bool(ctx.meta and ctx.meta.get("progress_token") is not None)
+        self.pending: PendingCall | None = None
+
+    def rebind(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        """A 2026-07-28 retry continues the call: progress now rides the new request."""
+        self._ctx = ctx
 
     async def progress(self, progress: float, total: float | None, message: str | None) -> None:
         await self._ctx.session.report_progress(progress, total, message)
@@ -37,11 +44,9 @@ class Caller:
     async def ask(self, request: t.ServerRequest, result_type: type[Any], timeout: float) -> Any:
         """Relay a backend's sampling, elicitation or roots request on this request's stream."""
         if self.modern:
-            raise MCPError(
-                t.INVALID_REQUEST,
-                "This client connected with protocol 2026-07-28, where the proxy cannot relay "
-                f"'{request.method}' yet; connect with the 2025-11-25 handshake to use it.",
-            )
+            if self.pending is None:
+                raise MCPError(t.INVALID_REQUEST, f"'{request.method}' can only be relayed during a tool call.")
+            return await self.pending.ask(request, result_type)
         with anyio.fail_after(timeout):
             return await self._ctx.session.send_request(
                 request, result_type, metadata=ServerMessageMetadata(related_request_id=self._ctx.request_id)

@@ -226,3 +226,21 @@ async def test_stdio_front_auto_client_gets_a_working_session() -> None:
         async with via_stdio_proxy(notes, "auto") as c:
             result = await c.call_tool("echo", {"text": "x"})
             assert result.structured_content == {"text": "x", "backend": "a"}
+
+
+async def _relays(c: Client) -> list[Any]:
+    with anyio.fail_after(60):
+        return [await _error_or(c.call_tool(name, {})) for name in ("ask_llm", "ask_user", "roots")]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("front", ["http", "stdio"])
+async def test_backend_requests_reach_a_2026_client_as_input_required_round_trips(front: str) -> None:
+    """A 2026-07-28 client has no back-channel: sampling, elicitation and roots arrive as round trips
+    and give the backend the same answers a handshake-era client gives directly."""
+    async with direct_stdio(Notes(), "legacy") as d:
+        expected = await _relays(d)
+    opener = via_http_proxy(Notes(), MODERN, "stdio") if front == "http" else via_stdio_proxy(Notes(), MODERN)
+    async with opener as p:
+        assert await _relays(p) == expected
+    assert expected[0]["content"][0]["text"] == "sampled: re:hello from a"

@@ -23,9 +23,10 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from .. import __version__
 from ..backends import BackendGone
+from ..calls import forward_tool_call
 from ..config import EnvironmentConfig, ProxyConfig
 from ..episode import Episode, EpisodeEnded
-from ..forwarding import Caller, forward_params, tool_error
+from ..forwarding import forward_params
 from ..providers.base import Provider, ProvisionError
 from ..registry import Registry
 from .identity import RequestIdentity, episode_key, episode_slot
@@ -137,37 +138,7 @@ async def call_tool(ctx: Ctx, params: t.CallToolRequestParams) -> HandlerResult:
     route = episode.tools.route(params.name)
     if route is None or route.alias is None:
         raise MCPError(t.INVALID_PARAMS, f"Unknown tool: {params.name}")
-    try:
-        link = episode.link(route.alias)
-    except BackendGone as exc:
-        return tool_error(str(exc))
-    caller = Caller(ctx)
-    timeout = episode.environments[route.alias].call_timeout
-    callers = episode.callers.setdefault(route.alias, [])
-    callers.append(caller)
-    episode.inflight += 1
-    try:
-        return await link.request(
-            "tools/call",
-            forward_params(ctx.params, name=route.original),
-            timeout=timeout,
-            on_progress=caller.progress if caller.wants_progress else None,
-        )
-    except BackendGone as exc:
-        return tool_error(str(exc))
-    except MCPError as exc:
-        if exc.code == t.REQUEST_TIMEOUT:
-            return tool_error(f"The tool '{params.name}' did not finish within {timeout:g} s and was cancelled.")
-        if exc.code == t.CONNECTION_CLOSED:
-            return tool_error(
-                f"The environment '{route.alias}' stopped while running '{params.name}'; "
-                "the outcome of this call is unknown."
-            )
-        raise
-    finally:
-        callers.remove(caller)
-        episode.inflight -= 1
-        episode.touch()
+    return await forward_tool_call(ctx, episode, route, params.name)
 
 
 # -- prompts, resources, completion, logging --------------------------------------------------------------------

@@ -1,0 +1,104 @@
+"""Forwarding one `tools/call` to its backend, in either protocol era, with failures written for the agent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import mcp_types as t
+from mcp import MCPError
+from mcp.server import ServerRequestContext
+
+from .backends import BackendGone, BackendLink
+from .catalog import Route
+from .episode import Episode
+from .forwarding import Caller, forward_params, tool_error
+from .roundtrip import PendingCall
+
+
+def _outcome_error(exc: Exception, exposed: str, alias: str, timeout: float) -> dict[str, Any]:
+    """Map a failed backend call to a tool error, or re-raise what the backend itself answered."""
+    if isinstance(exc, BackendGone):
+        return tool_error(str(exc))
+    if isinstance(exc, MCPError) and exc.code == t.REQUEST_TIMEOUT:
+        return tool_error(f"The tool '{exposed}' did not finish within {timeout:g} s and was cancelled.")
+    if isinstance(exc, MCPError) and exc.code == t.CONNECTION_CLOSED:
+        return tool_error(
+            f"The environment '{alias}' stopped while running '{exposed}'; the outcome of this call is unknown."
+        )
+    raise exc
+
+
+async def _tracked_call(episode: Episode, alias: str, caller: Caller, link: BackendLink, params: dict[str, Any]) -> Any:
+    callers = episode.callers.setdefault(alias, [])
+    callers.append(caller)
+    episode.inflight += 1
+    try:
+        return await link.request(
+            "tools/call",
+            params,
+            timeout=episode.environments[alias].call_timeout,
+            on_progress=caller.progress if caller.wants_progress else None,
+        )
+    finally:
+        callers.remove(caller)
+        episode.inflight -= 1
+        episode.touch()
+
+
+async def forward_tool_call(
+    ctx: ServerRequestContext[Any, Any], episode: Episode, route: Route, exposed: str
+) -> dict[str, Any]:
+    """The backend's result, verbatim; or an `isError` result when the call could not complete."""
+    assert route.alias is not None
+    alias = route.alias
+    timeout = episode.environments[alias].call_timeout
+    caller = Caller(ctx)
+    if caller.modern:
+        return await _forward_modern(ctx, episode, route, exposed, caller)
+    try:
+        link = episode.link(alias)
+        result: dict[str, Any] = await _tracked_call(
+            episode, alias, caller, link, forward_params(ctx.params, name=route.original)
+        )
+        return result
+    except (BackendGone, MCPError) as exc:
+        return _outcome_error(exc, exposed, alias, timeout)
+
+
+async def _forward_modern(
+    ctx: ServerRequestContext[Any, Any], episode: Episode, route: Route, exposed: str, caller: Caller
+) -> dict[str, Any]:
+    assert route.alias is not None
+    alias = route.alias
+    timeout = episode.environments[alias].call_timeout
+    raw = ctx.params or {}
+    token = raw.get("requestState")
+    if isinstance(token, str):
+        pending = episode.pending.get(token)
+        if pending is None:
+            raise MCPError(t.INVALID_PARAMS, "Unknown or expired requestState.")
+        pending.caller.rebind(ctx)
+        pending.answer(raw.get("inputResponses"))
+    else:
+        try:
+            link = episode.link(alias)
+        except BackendGone as exc:
+            return tool_error(str(exc))
+        pending = PendingCall(episode.id, timeout, caller)
+        caller.pending = pending
+        episode.pending[pending.token] = pending
+        params = forward_params(raw, name=route.original)
+        episode.task_group.start_soon(pending.run, lambda: _tracked_call(episode, alias, caller, link, params))
+    try:
+        result = await pending.next()
+    except anyio.get_cancelled_exc_class():
+        pending.scope.cancel()  # the client closed its request: cancel the backend call too
+        episode.pending.pop(pending.token, None)
+        raise
+    except (BackendGone, MCPError) as exc:
+        episode.pending.pop(pending.token, None)
+        return _outcome_error(exc, exposed, alias, timeout)
+    if result.get("resultType") != "input_required":
+        episode.pending.pop(pending.token, None)
+    return result
