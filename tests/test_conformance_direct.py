@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conformance.harness import ensure_suite, fixture_server, list_server_scenarios, run_server_suite
+from conformance.harness import SuiteResult, ensure_suite, fixture_server, list_server_scenarios, run_server_suite
 
 # Scenarios that cannot pass against any mcp 2.3.0 server, with the reason. Must fail; nothing else may.
 EXPECTED_FAILURES: dict[str, str] = {}
@@ -25,6 +25,15 @@ EXPECTED_WARNINGS: dict[str, str] = {
 }
 
 
+def check_outcome(result: SuiteResult, scenarios: list[str]) -> None:
+    """The run covered every scenario and failed or warned exactly where expected, and nowhere else."""
+    assert sorted(result.scenarios) == sorted(scenarios), "every server scenario must have run"
+    assert result.failing() == set(EXPECTED_FAILURES), result.report()
+    assert result.warning() == set(EXPECTED_WARNINGS), result.report()
+    vacuous = {name for name, s in result.scenarios.items() if s.passed == 0} - set(EXPECTED_WARNINGS)
+    assert not vacuous, f"scenarios that passed no check at all: {sorted(vacuous)}"
+
+
 @pytest.mark.timeout(300)
 def test_server_conformance_suite_directly_against_fixture(tmp_path: Path) -> None:
     prefix = ensure_suite()
@@ -33,9 +42,5 @@ def test_server_conformance_suite_directly_against_fixture(tmp_path: Path) -> No
         result = run_server_suite(url, timeout=180, output_dir=tmp_path / "results", prefix=prefix)
     print(f"\nconformance suite against {url}:\n{result.report()}")
 
-    assert sorted(result.scenarios) == sorted(scenarios), "every server scenario must have run"
-    assert result.failing() == set(EXPECTED_FAILURES), result.report()
-    assert result.warning() == set(EXPECTED_WARNINGS), result.report()
-    vacuous = {name for name, s in result.scenarios.items() if s.passed == 0} - set(EXPECTED_WARNINGS)
-    assert not vacuous, f"scenarios that passed no check at all: {sorted(vacuous)}"
+    check_outcome(result, scenarios)
     assert (result.returncode == 0) == (not EXPECTED_FAILURES), result.report()
