@@ -47,14 +47,22 @@ class LinkEvents(Protocol):
 
 
 def _describe(exc: BaseException) -> str:
-    """A short, secret-free cause for operators; never shown to agents verbatim."""
+    """What went wrong, in words fit for an agent and an operator: no exception text, no secret."""
     if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(_describe(e) for e in exc.exceptions[:3])
+        return _describe(exc.exceptions[0]) if exc.exceptions else "it failed"
+    if isinstance(exc, FileNotFoundError):
+        return "its command was not found"
+    if isinstance(exc, PermissionError):
+        return "its command could not be run (permission denied)"
+    if isinstance(exc, httpx2.ConnectError):
+        return "nothing accepted the connection at its URL"
+    if isinstance(exc, httpx2.TimeoutException):
+        return "its URL did not answer in time"
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return f"its URL answered HTTP {exc.response.status_code}"
     if isinstance(exc, MCPError):
-        return f"MCP error {exc.code}"
-    if isinstance(exc, OSError | httpx2.TransportError):
-        return type(exc).__name__
-    return type(exc).__name__
+        return "it closed the connection" if exc.code == t.CONNECTION_CLOSED else f"it answered MCP error {exc.code}"
+    return "it stopped unexpectedly"
 
 
 class BackendLink:
@@ -95,7 +103,13 @@ class BackendLink:
                 self.failure = f"did not start within {self._startup_timeout:g} s"
         except* Exception as group:
             self.failure = ("stopped: " if started else "failed to start: ") + _describe(group)
-            logger.warning("environment %s (%s) %s", self.alias, self.instance.instance_id, self.failure)
+            logger.warning(
+                "environment %s (%s) %s [%s]",
+                self.alias,
+                self.instance.instance_id,
+                self.failure,
+                ", ".join(type(e).__name__ for e in group.exceptions),
+            )
         finally:
             self._session = None
             self._stopped.set()
@@ -215,7 +229,7 @@ class BackendLink:
 
     async def _on_message(self, message: Any) -> None:
         if isinstance(message, Exception):
-            logger.info("environment %s transport: %s", self.alias, _describe(message))
+            logger.info("environment %s transport: %s (%s)", self.alias, _describe(message), type(message).__name__)
             return
         if isinstance(message, t.LoggingMessageNotification | t.ProgressNotification | t.CancelledNotification):
             return  # logs arrive through _on_log; progress through the call's own callback

@@ -111,9 +111,9 @@ class Episode:
 
     @property
     def provisioned(self) -> bool:
-        return bool(self.environments) and all(
-            alias in self.links and self.links[alias].alive for alias in self.environments
-        )
+        # A link that died later stays in `links`: its calls report the loss, the other environments
+        # keep working, and the episode never silently swaps in a fresh instance with other state.
+        return all(alias in self.links for alias in self.environments)
 
     async def ready(self) -> None:
         """Provision every environment not yet up; concurrent callers share one attempt.
@@ -130,7 +130,12 @@ class Episode:
         if flight is None or flight.done.is_set():
             flight = self._flight = _Flight()
             self._tg.start_soon(self._provision, flight)
-        await flight.done.wait()
+        self.inflight += 1  # a request waiting on provisioning is not idle
+        try:
+            await flight.done.wait()
+        finally:
+            self.inflight -= 1
+            self.touch()
         if self.ended is not None:
             raise EpisodeEnded(self._ended_message())
         if flight.error is not None:
@@ -141,8 +146,7 @@ class Episode:
         try:
             async with anyio.create_task_group() as tg:
                 for alias, env in self.environments.items():
-                    link = self.links.get(alias)
-                    if link is None or not link.alive:
+                    if alias not in self.links:
                         tg.start_soon(self._provision_one, env, errors)
             if not errors:
                 self._rebuild()

@@ -221,12 +221,14 @@ async def listen(ctx: Ctx, params: t.SubscriptionsListenRequestParams) -> Handle
 
 
 async def _forward(episode: Episode, alias: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    episode.inflight += 1
     try:
         link = episode.link(alias)
         return await link.request(method, params, timeout=episode.environments[alias].call_timeout)
     except BackendGone as exc:
         raise MCPError(t.INTERNAL_ERROR, str(exc)) from None
     finally:
+        episode.inflight -= 1
         episode.touch()
 
 
