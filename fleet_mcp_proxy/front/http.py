@@ -62,14 +62,14 @@ class McpEndpoint:
             # The episode behind this session is over (idle timeout): the client must start afresh.
             await _jsonrpc_error(404, -32600, "Session not found")(scope, receive, send)
             return
-        if request.method == "DELETE" and key is not None and state is not None:
-            # An explicit end of a keyed episode; with a session id the transport session ends too.
+        if request.method == "DELETE" and key is not None and session_id is None and state is not None:
+            # The explicit end of a keyed episode. A DELETE that carries a session id ends only that
+            # transport session: SDK clients send one on every clean exit, and the key outlives them.
             token = get_access_token()
             principal = token.client_id if token is not None else "anonymous"
             state.registry.schedule_end(f"key:{principal}:{key}", "ended by the client")
-            if session_id is None:
-                await Response(status_code=204)(scope, receive, send)
-                return
+            await Response(status_code=204)(scope, receive, send)
+            return
         await self._asgi(scope, receive, send)
 
     async def terminate_sessions(self, episode: Episode) -> None:
