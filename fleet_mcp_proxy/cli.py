@@ -18,7 +18,7 @@ from .config import ConfigError, EnvironmentConfig, ProxyConfig, load_config
 from .front.http import build_app
 from .front.server import StateHolder, build_server
 from .front.stdio import serve_stdio
-from .providers.local import INSTANCE_DIR, LocalProvider
+from .providers.local import INSTANCE_DIR
 
 logger = logging.getLogger("fleet_mcp_proxy")
 
@@ -80,7 +80,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 async def _serve_http(config: ProxyConfig) -> None:
     holder = StateHolder()
-    server = build_server(config, environments_of(config), LocalProvider(), holder)
+    server = build_server(config, environments_of(config), holder, front="http")
     app = build_app(config, server, holder)
     sock = _bind(config.host, config.port)
     port = sock.getsockname()[1]
@@ -94,7 +94,7 @@ async def _serve_http(config: ProxyConfig) -> None:
 
 
 async def _serve_stdio(config: ProxyConfig) -> None:
-    server = build_server(config, environments_of(config), LocalProvider())
+    server = build_server(config, environments_of(config), front="stdio")
     await serve_stdio(server)
 
 

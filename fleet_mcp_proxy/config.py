@@ -31,7 +31,7 @@ class _Frozen(BaseModel):
 
 
 class EnvironmentConfig(_Frozen):
-    """One environment: an MCP server spawned per episode over stdio, or reached over streamable HTTP."""
+    """One environment: a local MCP server (spawned per episode, or at a URL) or a Fleet environment."""
 
     name: str
     command: tuple[str, ...] | None = None
@@ -39,6 +39,13 @@ class EnvironmentConfig(_Frozen):
     cwd: str | None = None
     url: str | None = None
     headers: Mapping[str, str] = Field(default_factory=dict, repr=False)
+    fleet: str | None = None
+    data: str | None = None
+    region: str | None = None
+    env_variables: Mapping[str, str] = Field(default_factory=dict, repr=False)
+    modality: Modality = "tool_use"
+    ttl_seconds: int | None = Field(default=None, gt=0)
+    heartbeat_interval: int | None = Field(default=None, ge=30, le=3600)
     startup_timeout: float = Field(default=60.0, gt=0)
     call_timeout: float = Field(default=300.0, gt=0)
 
@@ -56,8 +63,14 @@ class EnvironmentConfig(_Frozen):
 
     @model_validator(mode="after")
     def _one_kind(self) -> EnvironmentConfig:
-        if (self.command is None) == (self.url is None):
-            raise ValueError("give exactly one of 'command' (a local MCP server over stdio) or 'url'")
+        kinds = [k for k in ("command", "url", "fleet") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                "give exactly one of 'command' (a local MCP server over stdio), 'url' (streamable HTTP) "
+                "or 'fleet' (a Fleet environment key, ENV_KEY[:VERSION])"
+            )
+        if self.fleet is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[A-Za-z0-9._-]+)?$", self.fleet):
+            raise ValueError(f"'fleet' must look like ENV_KEY or ENV_KEY:VERSION (got {self.fleet!r})")
         if self.command is not None and not self.command:
             raise ValueError("'command' is empty")
         if self.url is not None and not re.match(r"^https?://", self.url):
@@ -65,14 +78,35 @@ class EnvironmentConfig(_Frozen):
         return self
 
     @property
-    def kind(self) -> Literal["command", "url"]:
+    def kind(self) -> Literal["command", "url", "fleet"]:
+        if self.fleet is not None:
+            return "fleet"
         return "command" if self.command is not None else "url"
+
+
+class FleetSettings(_Frozen):
+    """How to reach the Fleet platform; the key comes from FLEET_API_KEY unless set here (as ${VAR})."""
+
+    api_key: str | None = Field(default=None, repr=False)
+    base_url: str | None = None
+    run_id: str | None = None
+    ttl_seconds: int = Field(default=900, gt=0)
+    heartbeat_interval: int | None = Field(default=None, ge=30, le=3600)
+    provision_timeout: float = Field(default=600.0, gt=0)
+    request_timeout: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=4, ge=0, le=20)
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
 
 
 class ProxyConfig(_Frozen):
     """Everything the proxy needs to run; built once by `load_config`."""
 
     environments: tuple[EnvironmentConfig, ...] = ()
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     idle_timeout: float = Field(default=900.0, gt=0)
@@ -103,6 +137,8 @@ def parse_env_arg(text: str) -> dict[str, Any]:
     value = value.strip()
     if re.match(r"^https?://", value):
         return {"name": name, "url": value}
+    if value.startswith("fleet:"):
+        return {"name": name, "fleet": value.removeprefix("fleet:")}
     return {"name": name, "command": shlex.split(value)}
 
 
@@ -132,10 +168,12 @@ def _read_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError(where, "", "file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(where, "", f"not valid TOML ({exc})") from None
-    unknown = set(raw) - {"proxy", "env"}
+    unknown = set(raw) - {"proxy", "env", "fleet"}
     if unknown:
-        raise ConfigError(where, sorted(unknown)[0], "unknown section (expected [proxy] and [env.NAME])")
+        raise ConfigError(where, sorted(unknown)[0], "unknown section (expected [proxy], [fleet] and [env.NAME])")
     data: dict[str, Any] = dict(_interpolate(raw.get("proxy", {}), where, "proxy", environ))
+    if "fleet" in raw:
+        data["fleet"] = _interpolate(raw["fleet"], where, "fleet", environ)
     envs = raw.get("env", {})
     if not isinstance(envs, dict):
         raise ConfigError(where, "env", "must be a table of [env.NAME] sections")
@@ -147,6 +185,8 @@ def _read_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
 
 def _key_of(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
     """Turn a pydantic error location into the key a person wrote in the file."""
+    if loc and loc[0] == "fleet":
+        return "fleet." + ".".join(str(p) for p in loc[1:])
     if loc and loc[0] == "environments" and len(loc) > 1 and isinstance(loc[1], int):
         envs = data.get("environments", [])
         name = envs[loc[1]].get("name", loc[1]) if loc[1] < len(envs) else loc[1]
@@ -173,8 +213,21 @@ def load_config(
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     adhoc = [parse_env_arg(arg) for arg in env_args]
     data["environments"] = [*data.get("environments", []), *adhoc]
+    fleet = dict(data.get("fleet") or {})
+    fleet.setdefault("api_key", environ.get("FLEET_API_KEY") or None)
+    fleet.setdefault("base_url", environ.get("FLEET_BASE_URL") or None)
+    data["fleet"] = fleet
     try:
-        return ProxyConfig.model_validate({**data, "source": where})
+        config = ProxyConfig.model_validate({**data, "source": where})
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ConfigError(where, _key_of(tuple(err["loc"]), data), err["msg"]) from None
+        raise ConfigError(where, _key_of(tuple(err["loc"]), data), err["msg"].removeprefix("Value error, ")) from None
+    fleet_envs = [env.name for env in config.environments if env.kind == "fleet"]
+    if fleet_envs and not config.fleet.api_key:
+        raise ConfigError(
+            where,
+            "fleet.api_key",
+            f"environment '{fleet_envs[0]}' is on Fleet, but no Fleet API key is set: export FLEET_API_KEY "
+            '(or set api_key = "${VAR}" under [fleet])',
+        )
+    return config

@@ -6,6 +6,7 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -85,6 +86,7 @@ class Episode:
         self.listen = ListenHandler(self.bus)
         self.callers: dict[str, list[Caller]] = {}
         self.pending: dict[str, PendingCall] = {}
+        self.lost: dict[str, str] = {}
         self.inflight = 0
         self.last_active = anyio.current_time()
         self.ended: str | None = None
@@ -163,7 +165,7 @@ class Episode:
         if stale is not None:
             await self._release(stale)
         try:
-            instance = await self._provider.provision(env, self.id)
+            instance = await self._provider.provision(env, self.id, partial(self._lost, env.name))
         except ProvisionError as exc:
             errors.append(f"environment '{env.name}' could not be provisioned: {exc}")
             return
@@ -179,6 +181,14 @@ class Episode:
         if self.ended is not None:  # ended while we were starting it: it must not outlive the episode
             await link.stop(self._end_timeout)
             await self._release(instance)
+
+    def _lost(self, alias: str, reason: str) -> None:
+        """The platform lost the instance: stop routing to it; callers get a clear error, not a hang."""
+        self.lost[alias] = reason
+        link = self.links.get(alias)
+        if link is not None:
+            link.failure = f"instance lost: {reason}"
+            self._tg.start_soon(link.stop, self._end_timeout)
 
     def _rebuild(self) -> None:
         lists = {alias: link.lists for alias, link in sorted(self.links.items())}

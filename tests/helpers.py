@@ -23,7 +23,6 @@ from fleet_mcp_proxy.cli import _bind, environments_of
 from fleet_mcp_proxy.config import ProxyConfig, load_config
 from fleet_mcp_proxy.front.http import build_app
 from fleet_mcp_proxy.front.server import ProxyState, StateHolder, build_server
-from fleet_mcp_proxy.providers.local import LocalProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 KITCHEN = ROOT / "tests" / "backends" / "kitchen.py"
@@ -88,7 +87,7 @@ class RunningProxy:
 async def proxy_http(config: ProxyConfig) -> AsyncIterator[RunningProxy]:
     """The real proxy app under uvicorn on a free loopback port, in this event loop."""
     holder = StateHolder()
-    server = build_server(config, environments_of(config), LocalProvider(), holder)
+    server = build_server(config, environments_of(config), holder)
     app = build_app(config, server, holder)
     sock = _bind("127.0.0.1", 0)
     sock.listen(128)  # connections queue until uvicorn accepts: no polling for readiness

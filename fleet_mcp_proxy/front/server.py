@@ -27,7 +27,8 @@ from ..calls import forward_tool_call
 from ..config import EnvironmentConfig, ProxyConfig
 from ..episode import Episode, EpisodeEnded
 from ..forwarding import forward_params
-from ..providers.base import Provider, ProvisionError
+from ..providers.base import ProvisionError
+from ..providers.pool import InstancePool
 from ..registry import Registry
 from .identity import RequestIdentity, episode_key, episode_slot
 
@@ -42,6 +43,7 @@ class ProxyState:
     config: ProxyConfig
     registry: Registry
     task_group: anyio.abc.TaskGroup
+    pool: InstancePool
 
 
 @dataclass
@@ -276,16 +278,19 @@ _HANDLERS: list[tuple[str, type[Any], Callable[[Ctx, Any], Awaitable[HandlerResu
 def build_server(
     config: ProxyConfig,
     environments: tuple[EnvironmentConfig, ...],
-    provider: Provider,
     holder: StateHolder | None = None,
+    *,
+    front: str = "http",
 ) -> ProxyServer:
-    """The front server; its lifespan owns the proxy-wide task group and the episode registry."""
+    """The front server; its lifespan owns the proxy-wide task group, the instance pool and the registry."""
 
     @asynccontextmanager
     async def lifespan(_: Server[ProxyState]) -> AsyncIterator[ProxyState]:
         async with anyio.create_task_group() as tg:
-            registry = Registry(config, environments, provider, tg)
-            state = ProxyState(config, registry, tg)
+            pool = InstancePool(config, tg, front=front)
+            await pool.start()
+            registry = Registry(config, environments, pool, tg)
+            state = ProxyState(config, registry, tg, pool)
             tg.start_soon(registry.reap_idle)
             if holder is not None:
                 holder.state = state
@@ -294,6 +299,7 @@ def build_server(
                 yield state
             finally:
                 await registry.shutdown()
+                await pool.shutdown()
                 tg.cancel_scope.cancel()
 
     server = ProxyServer(

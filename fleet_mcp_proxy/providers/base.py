@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -49,8 +49,10 @@ class ProvisionError(Exception):
 class Provider(Protocol):
     """Where instances come from."""
 
-    async def provision(self, env: EnvironmentConfig, episode_id: str) -> Instance:
-        """Create (or reserve) an instance of `env` for one episode.
+    async def provision(
+        self, env: EnvironmentConfig, episode_id: str, on_lost: Callable[[str], None] | None = None
+    ) -> Instance:
+        """Create (or reserve) an instance of `env` for one episode; `on_lost(reason)` if it later dies.
 
         Raises:
             ProvisionError: with a message for people.

@@ -55,6 +55,7 @@ class LocalProvider:
         )
         return Instance(env.name, instance_id, self.name, target, data_dir)
 
-    async def release(self, instance: Instance) -> None:
+    async def delete(self, instance: Instance) -> None:
+        """Remove the instance directory; the process itself is stopped by its backend link."""
         if instance.data_dir is not None:
             await anyio.to_thread.run_sync(lambda: shutil.rmtree(instance.data_dir, ignore_errors=True))  # type: ignore[arg-type]

@@ -1,0 +1,235 @@
+"""Fleet instances through the official `fleet-python` SDK, behind one boundary.
+
+The SDK's defaults (300 s timeouts, retries on POST and on 404) do not fit a proxy, so it gets our own
+httpx client: bounded timeouts and transport retries only for what is safe to repeat. A create is safe to
+repeat with the same `X-Request-ID`: the platform answers a duplicate with 409 and the SDK recovers the
+instance it already made. Every SDK outcome is classified once (`fleet_errors`).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import uuid
+from datetime import datetime
+from typing import Any
+
+import anyio
+import httpx
+import httpx2
+import stamina
+from fleet._async.client import AsyncFleet
+from httpx_retries import Retry, RetryTransport
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from ..config import EnvironmentConfig, FleetSettings
+from .base import HttpTarget, Instance, ProvisionError
+from .fleet_errors import Kind, classify
+from .leases import Beat, LeaseLost
+
+logger = logging.getLogger(__name__)
+CREATE_TAG = "FMP_CREATE_ID"  # marks which create made an instance, to reconcile lost responses
+
+
+def default_run_id() -> str:
+    """Stable across restarts of the same deployment, so an orphan sweep finds what a crash left."""
+    host = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname().lower())[:40]
+    return f"fmp-{host or 'local'}"
+
+
+def _client(settings: FleetSettings, *, retries: int, timeout: float) -> AsyncFleet:
+    transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport()
+    if retries > 0:
+        policy = Retry(
+            total=retries,
+            # 404 is an answer (the instance is gone), and 500 may be a real failure: neither is retried here.
+            status_forcelist=[429, 502, 503, 504],
+            allowed_methods=["GET", "POST", "DELETE"],
+            backoff_factor=0.5,
+            max_backoff_wait=10.0,
+        )
+        transport = RetryTransport(transport=transport, retry=policy)
+    http = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(timeout, connect=10.0))
+    return AsyncFleet(api_key=settings.api_key, base_url=settings.base_url, httpx_client=http)
+
+
+def _split(spec: str) -> tuple[str, str | None]:
+    key, _, version = spec.partition(":")
+    return key, version or None
+
+
+def _ttl_from(reply: Any) -> float | None:
+    interval = getattr(reply, "interval_seconds", None)
+    if isinstance(interval, int | float) and interval > 0:
+        return float(interval) * 2
+    return None
+
+
+class _NotReady(Exception):
+    """Not ready yet; polled again until the deadline."""
+
+
+class _Transient(ProvisionError):
+    """A create failed in a way worth retrying as a new request."""
+
+
+class FleetProvider:
+    """Creates, probes, heartbeats and deletes Fleet instances."""
+
+    name = "fleet"
+
+    def __init__(self, settings: FleetSettings) -> None:
+        self.settings = settings
+        self.run_id = settings.run_id or default_run_id()
+        self._fleet = _client(settings, retries=settings.max_retries, timeout=settings.request_timeout)
+        # Heartbeats: no transport retries (the lease keeper retries), short timeouts.
+        self._beats = _client(settings, retries=0, timeout=10.0)
+
+    # -- provisioning ----------------------------------------------------------------------------------------
+    async def provision(self, env: EnvironmentConfig, episode_id: str) -> Instance:
+        assert env.fleet is not None
+        env_key, _ = _split(env.fleet)
+        deadline = self.settings.provision_timeout
+        try:
+            with anyio.fail_after(deadline):
+                made = await self._create(env, env_key)
+                instance = self._instance_of(env, made)
+        except TimeoutError:
+            raise ProvisionError(f"Fleet did not provide '{env_key}' within {deadline:g} s.") from None
+        return instance
+
+    async def _create(self, env: EnvironmentConfig, env_key: str) -> Any:
+        """One create, retried as a new request while the failure is transient; at most one live instance."""
+        async for attempt in stamina.retry_context(
+            on=_Transient, attempts=5, timeout=None, wait_initial=2.0, wait_max=16.0
+        ):
+            with attempt:
+                return await self._make_once(env, env_key)
+        raise AssertionError("unreachable: stamina re-raises the last failure")
+
+    async def _make_once(self, env: EnvironmentConfig, env_key: str) -> Any:
+        create_id = uuid.uuid4().hex
+        try:
+            made = await self._fleet.make(
+                env.fleet or env_key,
+                data_key=env.data,
+                region=env.region,
+                env_variables={**env.env_variables, CREATE_TAG: create_id},
+                image_type="mcp" if env.modality == "computer_use" else None,
+                ttl_seconds=env.ttl_seconds or self.settings.ttl_seconds,
+                run_id=self.run_id,
+                heartbeat_interval=env.heartbeat_interval or self.settings.heartbeat_interval,
+                timeout=self.settings.request_timeout,
+                max_wait_seconds=max(int(self.settings.request_timeout) - 5, 1),
+            )
+        except Exception as exc:
+            outcome = classify(exc, env_key)
+            if outcome.unknown_outcome:
+                await self._reconcile(create_id)
+            if outcome.kind is Kind.BUG:
+                logger.error("Fleet SDK failure creating %s: %s", env_key, type(exc).__name__)
+            if outcome.kind is Kind.TRANSIENT:
+                logger.warning("create of %s failed (%s); retrying as a new request", env_key, outcome.message)
+                raise _Transient(outcome.message) from None
+            raise ProvisionError(outcome.message) from None
+        return made
+
+    async def _reconcile(self, create_id: str) -> None:
+        """A create whose answer was lost may still have made an instance: find it by its tag and delete it."""
+        try:
+            with anyio.fail_after(self.settings.request_timeout):
+                for env in await self._fleet.instances(run_id=self.run_id):
+                    if (getattr(env, "env_variables", None) or {}).get(CREATE_TAG) == create_id:
+                        logger.warning("deleting %s, made by a create whose answer was lost", env.instance_id)
+                        await self._delete_id(env.instance_id)
+        except Exception as exc:
+            logger.warning("could not reconcile a lost create (%s); the shutdown sweep will", classify(exc, "").message)
+
+    def _instance_of(self, env: EnvironmentConfig, made: Any) -> Instance:
+        urls = getattr(made, "urls", None)
+        root = getattr(urls, "root", None)
+        if not isinstance(root, str) or not root:
+            raise ProvisionError(f"Fleet returned instance {made.instance_id} without an address.")
+        root = root if root.endswith("/") else root + "/"
+        path = "api/v1/mcp" if env.modality == "computer_use" else "mcp"
+        headers = {"Authorization": f"Bearer {self.settings.api_key}"}
+        return Instance(env.name, str(made.instance_id), self.name, HttpTarget(root + path, headers))
+
+    async def ready(self, instance: Instance, deadline: float) -> None:
+        """Ready: status `running`, and initialize + tools/list answers with at least one tool."""
+        assert isinstance(instance.target, HttpTarget)
+        try:
+            async for attempt in stamina.retry_context(
+                on=_NotReady, attempts=None, timeout=deadline, wait_initial=0.5, wait_max=5.0
+            ):
+                with attempt:
+                    await self._check_ready(instance)
+        except _NotReady as exc:
+            raise ProvisionError(
+                f"Fleet instance {instance.instance_id} did not become ready within {deadline:g} s ({exc})."
+            ) from None
+
+    async def _check_ready(self, instance: Instance) -> None:
+        try:
+            status = (await self._fleet.instance(instance.instance_id)).status
+        except Exception as exc:
+            raise _NotReady(classify(exc, instance.alias).message) from None
+        if status in ("error", "stopped"):
+            raise ProvisionError(f"Fleet instance {instance.instance_id} is '{status}'.")
+        if status != "running":
+            raise _NotReady(f"status '{status}'")
+        assert isinstance(instance.target, HttpTarget)
+        if not await self._probe(instance.target):
+            raise _NotReady("its MCP endpoint lists no tools yet")
+
+    async def _probe(self, target: HttpTarget) -> bool:
+        try:
+            with anyio.fail_after(15):
+                async with (
+                    httpx2.AsyncClient(headers=dict(target.headers), timeout=10.0) as http,
+                    Client(streamable_http_client(target.url, http_client=http), mode="legacy", cache=None) as c,
+                ):
+                    return bool((await c.list_tools()).tools)
+        except Exception:  # not ready yet, whatever the reason
+            return False
+
+    # -- leases ----------------------------------------------------------------------------------------------
+    def ttl_of(self, env: EnvironmentConfig) -> float | None:
+        interval = env.heartbeat_interval or self.settings.heartbeat_interval
+        return float(interval) * 2 if interval else None
+
+    async def heartbeat(self, instance: Instance) -> Beat:
+        try:
+            reply = await self._beats.heartbeat(instance.instance_id)
+        except Exception as exc:
+            status = getattr(exc, "status_code", None)
+            if status == 404 or type(exc).__name__ in ("FleetAuthenticationError", "FleetPermissionError"):
+                raise LeaseLost(f"Fleet answered {status or 'forbidden'} to a heartbeat") from None
+            raise
+        if not getattr(reply, "success", True):
+            raise LeaseLost("Fleet refused the heartbeat")
+        deadline = getattr(reply, "deadline_timestamp", None)
+        if isinstance(deadline, int | float):
+            return Beat(ttl=max(1.0, deadline - datetime.now().timestamp()))
+        return Beat(ttl=_ttl_from(reply))
+
+    async def delete(self, instance: Instance) -> None:
+        await self._delete_id(instance.instance_id)
+
+    async def _delete_id(self, instance_id: str) -> None:
+        try:
+            await self._fleet.delete(instance_id)
+        except Exception as exc:
+            if getattr(exc, "status_code", None) == 404:
+                return  # already gone: released
+            raise
+
+    async def orphans(self) -> list[str]:
+        """Ids of live instances carrying this deployment's run_id."""
+        found = await self._fleet.instances(run_id=self.run_id)
+        return [str(env.instance_id) for env in found if getattr(env, "status", "") in ("pending", "running")]
+
+    async def delete_run(self) -> int:
+        """The last backstop: batch-delete everything tagged with this deployment's run_id."""
+        return len(await self._fleet.close_all(run_id=self.run_id))

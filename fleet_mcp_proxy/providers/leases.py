@@ -1,0 +1,151 @@
+"""The lease keeper: heartbeats for live instances, a release queue with retries, and a bounded drain.
+
+Provider-agnostic: it calls what a provider gives it. An episode's end only hands instances over, so a
+release never depends on the request, the session teardown budget or the episode that owned them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+import stamina
+
+from .base import Instance
+
+logger = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """The platform says the instance is gone (not a transient failure); `str()` says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """A heartbeat the platform accepted; `ttl` is how long the lease now lasts, if it said."""
+
+    ttl: float | None = None
+
+
+Heartbeat = Callable[[Instance], Awaitable[Beat]]
+Delete = Callable[[Instance], Awaitable[None]]
+
+
+def beat_interval(ttl: float) -> float:
+    """Beat well inside the lease: half the TTL, at most every 30 s, at least every 1 s."""
+    return max(1.0, min(ttl / 2, 30.0))
+
+
+@dataclass
+class _Lease:
+    instance: Instance
+    on_lost: Callable[[str], None] | None
+    stop: anyio.Event = field(default_factory=anyio.Event)
+
+
+class LeaseKeeper:
+    """Owns the background work of every instance lease in this proxy."""
+
+    def __init__(
+        self,
+        task_group: anyio.abc.TaskGroup,
+        *,
+        release_attempts: int = 6,
+        release_timeout: float = 60.0,
+    ) -> None:
+        self._tg = task_group
+        self._leases: dict[str, _Lease] = {}
+        self._released: set[str] = set()
+        self._pending = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._release_attempts = release_attempts
+        self._release_timeout = release_timeout
+
+    def hold(
+        self,
+        instance: Instance,
+        *,
+        heartbeat: Heartbeat | None = None,
+        ttl: float | None = None,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
+        """Keep `instance` alive from now on (heartbeats start at once, before readiness)."""
+        lease = _Lease(instance, on_lost)
+        self._leases[instance.instance_id] = lease
+        if heartbeat is not None and ttl is not None:
+            self._tg.start_soon(self._beat, lease, heartbeat, ttl)
+
+    def release(self, instance: Instance, delete: Delete) -> None:
+        """Stop heartbeats and queue the release; idempotent."""
+        lease = self._leases.pop(instance.instance_id, None)
+        if lease is not None:
+            lease.stop.set()
+        if instance.instance_id in self._released:
+            return
+        self._released.add(instance.instance_id)
+        self._pending += 1
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        self._tg.start_soon(self._release, instance, delete)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait (bounded, shielded) until every queued release finished; True if all did."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
+            await self._idle.wait()
+        return self._pending == 0
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    async def _release(self, instance: Instance, delete: Delete) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                async for attempt in stamina.retry_context(
+                    on=Exception, attempts=self._release_attempts, timeout=self._release_timeout, wait_max=5.0
+                ):
+                    with attempt:
+                        await delete(instance)
+            logger.info("released %s (%s)", instance.instance_id, instance.alias)
+        except Exception:
+            logger.exception(
+                "could not release %s (%s); the shutdown backstop will", instance.instance_id, instance.alias
+            )
+        finally:
+            self._pending -= 1
+            if self._pending == 0:
+                self._idle.set()
+
+    async def _beat(self, lease: _Lease, heartbeat: Heartbeat, ttl: float) -> None:
+        interval = beat_interval(ttl)
+        last_ok = anyio.current_time()
+        while True:
+            with anyio.move_on_after(interval):
+                await lease.stop.wait()
+            if lease.stop.is_set():
+                return
+            try:
+                with anyio.fail_after(interval):
+                    beat = await heartbeat(lease.instance)
+            except LeaseLost as lost:
+                self._lose(lease, str(lost))
+                return
+            except Exception:  # transient until a whole TTL passes without an accepted beat
+                if anyio.current_time() - last_ok > ttl:
+                    self._lose(lease, f"no heartbeat was accepted for {ttl:g} s")
+                    return
+                logger.warning("heartbeat for %s failed; retrying", lease.instance.instance_id)
+                continue
+            last_ok = anyio.current_time()
+            if beat.ttl is not None and math.isfinite(beat.ttl) and beat.ttl > 0:
+                ttl, interval = beat.ttl, beat_interval(beat.ttl)
+
+    def _lose(self, lease: _Lease, reason: str) -> None:
+        logger.warning("instance %s (%s) lost: %s", lease.instance.instance_id, lease.instance.alias, reason)
+        self._leases.pop(lease.instance.instance_id, None)
+        if lease.on_lost is not None:
+            lease.on_lost(reason)
