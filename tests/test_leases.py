@@ -1,0 +1,103 @@
+"""The lease keeper: releases retried until done, heartbeats that notice a lost lease. Time is the subject
+of the heartbeat tests (the shortest beat interval is 1 s), so they wait on events bounded by fail_after."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from fleet_mcp_proxy.providers.base import HttpTarget, Instance
+from fleet_mcp_proxy.providers.leases import Beat, LeaseKeeper, LeaseLost, beat_interval
+
+
+def _instance(n: int = 1) -> Instance:
+    return Instance("env", f"inst-{n}", "test", HttpTarget("http://127.0.0.1:1/mcp"))
+
+
+def test_beat_interval_is_half_the_ttl_between_1_and_30_seconds() -> None:
+    assert beat_interval(10) == 5
+    assert beat_interval(600) == 30
+    assert beat_interval(0.5) == 1
+
+
+@pytest.mark.anyio
+async def test_a_failing_release_is_retried_until_it_succeeds_and_drain_waits_for_it() -> None:
+    calls: list[str] = []
+
+    async def flaky_delete(instance: Instance) -> None:
+        calls.append(instance.instance_id)
+        if len(calls) < 3:
+            raise ConnectionError("platform down")
+
+    async with anyio.create_task_group() as tg:
+        keeper = LeaseKeeper(tg)
+        keeper.release(_instance(), flaky_delete)
+        keeper.release(_instance(), flaky_delete)  # idempotent: queued once
+        assert await keeper.drain(30)
+    assert calls == ["inst-1"] * 3
+
+
+@pytest.mark.anyio
+async def test_a_refused_heartbeat_marks_the_instance_lost() -> None:
+    lost = anyio.Event()
+    reasons: list[str] = []
+
+    async def refuse(instance: Instance) -> Beat:
+        raise LeaseLost("Fleet answered 404 to a heartbeat")
+
+    def on_lost(reason: str) -> None:
+        reasons.append(reason)
+        lost.set()
+
+    async with anyio.create_task_group() as tg:
+        LeaseKeeper(tg).hold(_instance(), heartbeat=refuse, ttl=2, on_lost=on_lost)
+        with anyio.fail_after(10):
+            await lost.wait()
+        tg.cancel_scope.cancel()
+    assert reasons == ["Fleet answered 404 to a heartbeat"]
+
+
+@pytest.mark.anyio
+async def test_transient_heartbeat_failures_lose_the_lease_only_after_a_whole_ttl() -> None:
+    attempts = 0
+    lost = anyio.Event()
+
+    async def unreachable(instance: Instance) -> Beat:
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionError("network")
+
+    async with anyio.create_task_group() as tg:
+        LeaseKeeper(tg).hold(_instance(), heartbeat=unreachable, ttl=2, on_lost=lambda _r: lost.set())
+        with anyio.fail_after(15):
+            await lost.wait()
+        tg.cancel_scope.cancel()
+    assert attempts >= 2, "transient failures are retried before the lease is given up"
+
+
+@pytest.mark.anyio
+async def test_releasing_stops_the_heartbeat() -> None:
+    beats = 0
+    first = anyio.Event()
+
+    async def beat(instance: Instance) -> Beat:
+        nonlocal beats
+        beats += 1
+        first.set()
+        return Beat(ttl=2)
+
+    async def delete(instance: Instance) -> None:
+        return None
+
+    async with anyio.create_task_group() as tg:
+        keeper = LeaseKeeper(tg)
+        keeper.hold(_instance(), heartbeat=beat, ttl=2)
+        with anyio.fail_after(10):
+            await first.wait()
+        keeper.release(_instance(), delete)
+        assert await keeper.drain(10)
+        counted = beats
+        with anyio.move_on_after(2.5):  # time is the subject: no beat may follow the release
+            await anyio.Event().wait()
+        tg.cancel_scope.cancel()
+    assert beats == counted
