@@ -26,7 +26,7 @@ from ..backends import BackendGone
 from ..calls import forward_tool_call
 from ..config import EnvironmentConfig, ProxyConfig
 from ..episode import Episode, EpisodeEnded
-from ..forwarding import forward_params
+from ..forwarding import forward_params, tool_error
 from ..providers.base import ProvisionError
 from ..providers.pool import InstancePool
 from ..registry import Registry
@@ -136,7 +136,13 @@ async def list_tools(ctx: Ctx, params: t.PaginatedRequestParams) -> HandlerResul
 
 
 async def call_tool(ctx: Ctx, params: t.CallToolRequestParams) -> HandlerResult:
-    episode = await ready_episode(ctx)
+    episode = episode_for(ctx)
+    try:
+        await episode.ready()
+    except (EpisodeEnded, ProvisionError) as exc:
+        # The agent reads tool results, not protocol errors: say what happened there.
+        prefix = "" if isinstance(exc, EpisodeEnded) else "The environments could not be started: "
+        return tool_error(f"{prefix}{exc}")
     route = episode.tools.route(params.name)
     if route is None or route.alias is None:
         raise MCPError(t.INVALID_PARAMS, f"Unknown tool: {params.name}")
