@@ -21,6 +21,7 @@ from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from .providers.base import HttpTarget, Instance, StdioTarget
+from .transport import RetryUnacceptedTransport
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,11 @@ class BackendLink:
             )
         else:
             assert isinstance(target, HttpTarget)
-            http = httpx2.AsyncClient(headers=dict(target.headers), timeout=httpx2.Timeout(30.0, read=None))
+            http = httpx2.AsyncClient(
+                headers=dict(target.headers),
+                timeout=httpx2.Timeout(30.0, read=None),
+                transport=RetryUnacceptedTransport(httpx2.AsyncHTTPTransport()),
+            )
             stack.push_async_callback(http.aclose)
             # No SSE event ceiling: a 10 MiB tool result is one event.
             server = streamable_http_client(target.url, http_client=http, max_sse_event_size=None)

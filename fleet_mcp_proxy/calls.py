@@ -21,7 +21,10 @@ def _outcome_error(exc: Exception, exposed: str, alias: str, timeout: float) -> 
     if isinstance(exc, BackendGone):
         return tool_error(str(exc))
     if isinstance(exc, MCPError) and exc.code == t.REQUEST_TIMEOUT:
-        return tool_error(f"The tool '{exposed}' did not finish within {timeout:g} s and was cancelled.")
+        return tool_error(
+            f"The tool '{exposed}' did not finish within {timeout:g} s; it was cancelled, "
+            "and whether it took effect is unknown."
+        )
     if isinstance(exc, MCPError) and exc.code == t.CONNECTION_CLOSED:
         return tool_error(
             f"The environment '{alias}' stopped while running '{exposed}'; the outcome of this call is unknown."

@@ -1,0 +1,54 @@
+"""The HTTP transport under every backend link: retry only what the backend never accepted.
+
+A refused connection, or a 502/503/504 from the proxy in front of an instance (a warming or briefly
+unreachable instance), means the request never reached the MCP server, so sending it again is safe even
+for a `tools/call`. A request that was sent and then lost is never repeated: its outcome is unknown.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import httpx2
+import stamina
+
+logger = logging.getLogger(__name__)
+_NOT_ACCEPTED = frozenset({502, 503, 504})
+
+
+class _NotAccepted(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+
+
+class RetryUnacceptedTransport(httpx2.AsyncBaseTransport):
+    """Wraps a transport; retries connect failures and gateway errors within a small budget."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport, *, attempts: int = 4, timeout: float = 15.0) -> None:
+        self._inner = inner
+        self._attempts = attempts
+        self._timeout = timeout
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response: httpx2.Response | None = None
+        try:
+            async for attempt in stamina.retry_context(
+                on=(httpx2.ConnectError, httpx2.ConnectTimeout, _NotAccepted),
+                attempts=self._attempts,
+                timeout=self._timeout,
+                wait_initial=0.2,
+                wait_max=2.0,
+            ):
+                with attempt:
+                    if response is not None:
+                        await response.aclose()
+                    response = await self._inner.handle_async_request(request)
+                    if response.status_code in _NOT_ACCEPTED:
+                        raise _NotAccepted(response.status_code)
+        except _NotAccepted:
+            pass  # the budget ran out on a gateway error: hand that last answer on, unread
+        assert response is not None
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
