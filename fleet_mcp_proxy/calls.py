@@ -15,6 +15,12 @@ from .episode import Episode
 from .forwarding import Caller, forward_params, tool_error
 from .roundtrip import PendingCall
 
+# What the SDK's HTTP client reports when the backend answered an HTTP error instead of JSON-RPC: the
+# environment's server is unreachable or gone, which is not the backend's own answer to forward.
+_TRANSPORT_ERRORS = frozenset(
+    {(t.INTERNAL_ERROR, "Server returned an error response"), (t.INVALID_REQUEST, "Session terminated")}
+)
+
 
 def _outcome_error(exc: Exception, exposed: str, alias: str, timeout: float) -> dict[str, Any]:
     """Map a failed backend call to a tool error, or re-raise what the backend itself answered."""
@@ -24,6 +30,11 @@ def _outcome_error(exc: Exception, exposed: str, alias: str, timeout: float) -> 
         return tool_error(
             f"The tool '{exposed}' did not finish within {timeout:g} s; it was cancelled, "
             "and whether it took effect is unknown."
+        )
+    if isinstance(exc, MCPError) and (exc.code, exc.message) in _TRANSPORT_ERRORS:
+        return tool_error(
+            f"The environment '{alias}' could not be reached while running '{exposed}'; "
+            "the outcome of this call is unknown."
         )
     if isinstance(exc, MCPError) and exc.code == t.CONNECTION_CLOSED:
         return tool_error(
