@@ -54,6 +54,11 @@ def _client(settings: FleetSettings, *, retries: int, timeout: float) -> AsyncFl
     return AsyncFleet(api_key=settings.api_key, base_url=settings.base_url, httpx_client=http)
 
 
+async def _close(fleet: AsyncFleet) -> None:
+    # AsyncFleet has no close of its own (its `close(id)` deletes an instance).
+    await fleet.client.httpx_client.aclose()
+
+
 def _split(spec: str) -> tuple[str, str | None]:
     key, _, version = spec.partition(":")
     return key, version or None
@@ -229,6 +234,10 @@ class FleetProvider:
         """Ids of live instances carrying this deployment's run_id."""
         found = await self._fleet.instances(run_id=self.run_id)
         return [str(env.instance_id) for env in found if getattr(env, "status", "") in ("pending", "running")]
+
+    async def aclose(self) -> None:
+        await _close(self._fleet)
+        await _close(self._beats)
 
     async def delete_run(self) -> int:
         """The last backstop: batch-delete everything tagged with this deployment's run_id."""

@@ -99,3 +99,4 @@ class InstancePool:
                         logger.warning("backstop deleted %d Fleet instances of run %s", count, self.fleet.run_id)
                 except Exception:
                     logger.exception("backstop batch delete for run %s failed", self.fleet.run_id)
+                await self.fleet.aclose()
