@@ -13,12 +13,15 @@ import anyio
 import uvicorn
 from mcp.shared.exceptions import MCPDeprecationWarning
 
-from . import __version__
+from . import __version__, episodes_cli
 from .config import ConfigError, EnvironmentConfig, ProxyConfig, load_config
+from .demo import DEMO_TASKS
+from .front.episodes import StateHolder
 from .front.http import build_app
-from .front.server import StateHolder, build_server
+from .front.server import build_server
 from .front.stdio import serve_stdio
 from .providers.local import INSTANCE_DIR
+from .tasks import Task, TaskFileError, load_tasks
 
 logger = logging.getLogger("fleet_mcp_proxy")
 
@@ -33,6 +36,17 @@ def demo_environment() -> EnvironmentConfig:
 
 def environments_of(config: ProxyConfig) -> tuple[EnvironmentConfig, ...]:
     return config.environments or (demo_environment(),)
+
+
+def tasks_for(config: ProxyConfig) -> dict[str, Task]:
+    """The tasks episodes can bind: the given file, or the demo's tasks when the demo is what is served.
+
+    Raises:
+        TaskFileError: naming the file, the entry and the problem.
+    """
+    if config.tasks_file:
+        return load_tasks(config.tasks_file)
+    return load_tasks(DEMO_TASKS) if not config.environments else {}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +78,10 @@ def _parser() -> argparse.ArgumentParser:
         help="let keyless 2026-07-28 clients share one episode per principal",
     )
     serve.add_argument("--modality", choices=["tool_use", "computer_use"], help="filter tools by modality")
+    serve.add_argument("--tasks", metavar="FILE", help="Fleet task export (JSON array or JSONL) episodes can bind")
+    serve.add_argument("--task", metavar="KEY", help="bind every episode to this task (stdio: the process's episode)")
     serve.add_argument("--log-level", default="INFO", help="stderr log level (default INFO)")
+    episodes_cli.add_commands(commands)
     return parser
 
 
@@ -78,9 +95,9 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve_http(config: ProxyConfig) -> None:
+async def _serve_http(config: ProxyConfig, tasks: dict[str, Task]) -> None:
     holder = StateHolder()
-    server = build_server(config, environments_of(config), holder, front="http")
+    server = build_server(config, environments_of(config), holder, front="http", tasks=tasks)
     app = build_app(config, server, holder)
     sock = _bind(config.host, config.port)
     port = sock.getsockname()[1]
@@ -93,13 +110,15 @@ async def _serve_http(config: ProxyConfig) -> None:
     await uv.serve(sockets=[sock])
 
 
-async def _serve_stdio(config: ProxyConfig) -> None:
-    server = build_server(config, environments_of(config), front="stdio")
+async def _serve_stdio(config: ProxyConfig, tasks: dict[str, Task]) -> None:
+    server = build_server(config, environments_of(config), front="stdio", tasks=tasks)
     await serve_stdio(server)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "episodes":
+        return episodes_cli.run(args)
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=MCPDeprecationWarning)  # logging/sampling relays use them on purpose
     try:
@@ -111,14 +130,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "idle_timeout": args.idle_timeout,
                 "default_episode": args.default_episode,
                 "modality": args.modality,
+                "tasks_file": args.tasks,
+                "task": args.task,
             },
             env_args=tuple(args.env),
         )
-    except ConfigError as exc:
+        tasks = tasks_for(config)
+        if config.task is not None and config.task not in tasks:
+            raise ConfigError("--task", config.task, "no such task (load it with --tasks FILE)")
+    except (ConfigError, TaskFileError) as exc:
         print(f"fleet-mcp-proxy: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        anyio.run(_serve_stdio if args.stdio else _serve_http, config)
+        anyio.run(_serve_stdio if args.stdio else _serve_http, config, tasks)
     except KeyboardInterrupt:
         return 130
     except OSError as exc:

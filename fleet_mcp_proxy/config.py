@@ -115,6 +115,13 @@ class ProxyConfig(_Frozen):
     end_timeout: float = Field(default=30.0, gt=0)
     max_sessions: int = Field(default=10_000, gt=0)
     max_request_body: int = Field(default=4 * 1024 * 1024, gt=0)
+    store_path: str | None = None  # the episode record; default $XDG_STATE_HOME/fleet-mcp-proxy/...
+    record_episodes: bool = True
+    tasks_file: str | None = None
+    task: str | None = None
+    submit_tool: Literal["auto", "always", "never"] = "auto"
+    partial_reward: bool = False
+    verify_timeout: float = Field(default=300.0, gt=0)
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     source: str = Field(default="<defaults>", exclude=True)

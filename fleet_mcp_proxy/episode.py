@@ -34,8 +34,13 @@ from .catalog import (
 )
 from .config import EnvironmentConfig, Modality
 from .forwarding import Caller
+from .outcome import Execute, Outcome
 from .providers.base import Instance, Provider, ProvisionError
+from .recorder import Recorder, now
+from .resources import EPISODE_PREFIX
 from .roundtrip import PendingCall
+from .synthetic.submit import SUBMIT_TOOL
+from .tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +70,20 @@ class Episode:
         *,
         modality: Modality | None,
         end_timeout: float,
+        task: Task | None = None,
+        submit_tool: bool = False,
+        partial_reward: bool = False,
+        verify_timeout: float = 300.0,
+        recorder: Recorder | None = None,
     ) -> None:
         self.key = key
+        self.task = task
+        self._synthetic: tuple[dict[str, Any], ...] = (SUBMIT_TOOL,) if submit_tool else ()
+        self._partial_reward = partial_reward
+        self._verify_timeout = verify_timeout
+        self.outcome = Outcome(on_change=self.resource_changed)
+        self.recorder = recorder or Recorder(None)
+        self.subscribed: set[str] = set()
         self.principal = principal
         self.id = uuid.uuid4().hex[:16]
         self.environments = {env.name: env for env in environments}
@@ -77,7 +94,7 @@ class Episode:
         self.links: dict[str, BackendLink] = {}
         self.instances: dict[str, Instance] = {}
         self._flight: _Flight | None = None
-        self.tools: ToolCatalog = build_tool_catalog({}, (), modality)
+        self.tools: ToolCatalog = build_tool_catalog({}, self._synthetic, modality)
         self.prompts: PromptCatalog = build_prompt_catalog({})
         self.resources: ResourceCatalog = build_resource_catalog({}, {})
         self.connections: list[Connection] = []
@@ -178,6 +195,8 @@ class Episode:
             await self._release(instance)
             return
         self.links[env.name] = link
+        spec = env.fleet if env.fleet is not None else env.kind  # never a command line: it may hold secrets
+        self.recorder.emit("add_instance", self.id, env.name, instance.instance_id, instance.provider, spec, now())
         if self.ended is not None:  # ended while we were starting it: it must not outlive the episode
             await link.stop(self._end_timeout)
             await self._release(instance)
@@ -192,7 +211,7 @@ class Episode:
 
     def _rebuild(self) -> None:
         lists = {alias: link.lists for alias, link in sorted(self.links.items())}
-        self.tools = build_tool_catalog({a: ls["tools"] for a, ls in lists.items()}, (), self._modality)
+        self.tools = build_tool_catalog({a: ls["tools"] for a, ls in lists.items()}, self._synthetic, self._modality)
         self.prompts = build_prompt_catalog({a: ls["prompts"] for a, ls in lists.items()})
         self.resources = build_resource_catalog(
             {a: ls["resources"] for a, ls in lists.items()},
@@ -261,6 +280,41 @@ class Episode:
         if event is not None:
             await self.bus.publish(event)
 
+    # -- outcome ---------------------------------------------------------------------------------------------
+    async def resource_changed(self, name: str) -> None:
+        uri = EPISODE_PREFIX + name
+        submission = self.outcome.submission
+        if name == "submission" and submission is not None:
+            self.recorder.emit("set_submission", self.id, submission.answer, submission.at)
+        elif name == "reward":
+            self.recorder.emit("set_result", self.id, self.outcome.reward_json(), self.outcome.verifier_json())
+        for conn in list(self.connections):
+            if uri in self.subscribed:
+                await conn.send_resource_updated(uri)
+        await self.bus.publish(ResourceUpdated(uri=uri))
+
+    def _verifier(self) -> tuple[Execute | None, str]:
+        """How to verify this episode now, or why it cannot be."""
+        task = self.task
+        if task is None or not task.verifier_code:
+            return None, "no_verifier"
+        alias = next(iter(self.environments))
+        if alias in self.lost:
+            return None, "instance_lost"
+        instance = self.instances.get(alias)
+        if instance is None:
+            return None, "not_provisioned"
+        answer = self.outcome.submission.answer if self.outcome.submission else None
+        return self._provider.verifier(instance, task, answer, self._verify_timeout), ""
+
+    async def verify(self, trigger: str) -> None:
+        """Verify once (submit, close or explicit); bounded; the reward resource is updated."""
+        execute, reason = self._verifier()
+        with anyio.move_on_after(self._verify_timeout + 60) as scope:
+            await self.outcome.verify(execute, trigger=trigger, reason_if_none=reason, partial=self._partial_reward)
+        if scope.cancelled_caught:
+            logger.warning("episode %s: verification did not finish in time", self.id)
+
     # -- the end ---------------------------------------------------------------------------------------------
     def _ended_message(self) -> str:
         return f"This episode has ended ({self.ended}). Start a new session to get fresh environments."
@@ -274,6 +328,10 @@ class Episode:
         self._end_started = True
         self.ended = reason
         try:
+            if self.task is not None and not self.outcome.verified:
+                # Verify-on-close: an abandoned episode is still graded, against the live instance.
+                with anyio.CancelScope(shield=True):
+                    await self.verify("close")
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._end_timeout):
                 async with anyio.create_task_group() as tg:
                     for link in list(self.links.values()):
@@ -292,5 +350,6 @@ class Episode:
         try:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._end_timeout):
                 await self._provider.release(instance)
+            self.recorder.emit("instance_released", self.id, instance.instance_id, now())
         except Exception:  # one failed release must not stop the others
             logger.exception("releasing %s (%s) failed", instance.instance_id, instance.alias)

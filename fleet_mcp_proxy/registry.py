@@ -4,17 +4,43 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio
 import anyio.abc
+from mcp import MCPError
+from mcp_types import INVALID_PARAMS
 
+from .catalog import alias_from
 from .config import EnvironmentConfig, ProxyConfig
 from .episode import Episode
 from .providers.base import Provider
+from .recorder import Recorder, now
+from .tasks import Task, data_spec, fleet_spec, wants_submit_tool
 
 logger = logging.getLogger(__name__)
 _ENDED_SESSIONS_KEPT = 10_000
+
+
+def task_environments(
+    task: Task, configured: Sequence[EnvironmentConfig], config: ProxyConfig
+) -> tuple[EnvironmentConfig, ...]:
+    """What a task's episode provisions: the configured environment named like its env key, else Fleet.
+
+    Raises:
+        MCPError: neither is available.
+    """
+    alias = alias_from(task.env_key)
+    for env in configured:
+        if env.name in (task.env_key, alias):
+            return (env,)
+    if config.fleet.api_key:
+        return (EnvironmentConfig(name=alias, fleet=fleet_spec(task), data=data_spec(task), modality=task.modality),)
+    raise MCPError(
+        INVALID_PARAMS,
+        f"Task '{task.task_key}' needs environment '{task.env_key}', which is not configured here and "
+        "Fleet is not available (FLEET_API_KEY is not set).",
+    )
 
 
 class Registry:
@@ -26,7 +52,10 @@ class Registry:
         environments: Sequence[EnvironmentConfig],
         provider: Provider,
         task_group: anyio.abc.TaskGroup,
+        tasks: Mapping[str, Task] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
+        self.recorder = recorder or Recorder(None)
         self.config = config
         self.environments = tuple(environments)
         self.provider = provider
@@ -36,23 +65,47 @@ class Registry:
         self.ended_sessions: OrderedDict[str, None] = OrderedDict()
         self.on_end: list[Callable[[Episode], Awaitable[None]]] = []
         self.closing = False
+        self.tasks: dict[str, Task] = dict(tasks or {})
 
-    def open(self, key: str, principal: str) -> Episode:
-        """The live episode for `key`, created (nothing provisioned) on first use."""
+    def open(self, key: str, principal: str, task_key: str | None = None) -> Episode:
+        """The live episode for `key`, created (nothing provisioned) on first use, bound to `task_key`.
+
+        Raises:
+            MCPError: an unknown task, or a task other than the one the episode is bound to.
+        """
         episode = self.episodes.get(key)
-        if episode is None:
-            episode = Episode(
-                key,
-                principal,
-                self.environments,
-                self.provider,
-                self._tg,
-                modality=self.config.modality,
-                end_timeout=self.config.end_timeout,
-            )
-            self.episodes[key] = episode
-            logger.info("episode %s opened", episode.id)
+        if episode is not None:
+            if task_key is not None and (episode.task is None or episode.task.task_key != task_key):
+                bound = f"task '{episode.task.task_key}'" if episode.task else "no task"
+                raise MCPError(INVALID_PARAMS, f"This episode is bound to {bound}; start a new one for '{task_key}'.")
+            return episode
+        task = self._task(task_key) if task_key is not None else None
+        environments = task_environments(task, self.environments, self.config) if task else self.environments
+        episode = Episode(
+            key,
+            principal,
+            environments,
+            self.provider,
+            self._tg,
+            modality=self.config.modality,
+            end_timeout=self.config.end_timeout,
+            task=task,
+            submit_tool=task is not None and wants_submit_tool(task, self.config.submit_tool),
+            partial_reward=self.config.partial_reward,
+            verify_timeout=self.config.verify_timeout,
+            recorder=self.recorder,
+        )
+        self.episodes[key] = episode
+        self.recorder.emit("open_episode", episode.id, principal, task.task_key if task else None, now())
+        logger.info("episode %s opened%s", episode.id, f" for task {task.task_key}" if task else "")
         return episode
+
+    def _task(self, task_key: str) -> Task:
+        task = self.tasks.get(task_key)
+        if task is None:
+            known = ", ".join(sorted(self.tasks)[:10]) or "none are loaded (serve --tasks FILE)"
+            raise MCPError(INVALID_PARAMS, f"Unknown task '{task_key}'. Known tasks: {known}.")
+        return task
 
     def schedule_end(self, key: str, reason: str) -> None:
         """End an episode in the background (safe from a 5 s teardown budget or a cancelled request)."""
@@ -71,6 +124,7 @@ class Registry:
             while len(self.ended_sessions) > _ENDED_SESSIONS_KEPT:
                 self.ended_sessions.popitem(last=False)
         await episode.end(reason)
+        self.recorder.emit("end_episode", episode.id, reason, now())
         for hook in self.on_end:
             try:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.end_timeout):

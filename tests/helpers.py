@@ -19,10 +19,11 @@ import uvicorn
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from fleet_mcp_proxy.cli import _bind, environments_of
+from fleet_mcp_proxy.cli import _bind, environments_of, tasks_for
 from fleet_mcp_proxy.config import ProxyConfig, load_config
+from fleet_mcp_proxy.front.episodes import ProxyState, StateHolder
 from fleet_mcp_proxy.front.http import build_app
-from fleet_mcp_proxy.front.server import ProxyState, StateHolder, build_server
+from fleet_mcp_proxy.front.server import build_server
 
 ROOT = Path(__file__).resolve().parent.parent
 KITCHEN = ROOT / "tests" / "backends" / "kitchen.py"
@@ -87,7 +88,7 @@ class RunningProxy:
 async def proxy_http(config: ProxyConfig) -> AsyncIterator[RunningProxy]:
     """The real proxy app under uvicorn on a free loopback port, in this event loop."""
     holder = StateHolder()
-    server = build_server(config, environments_of(config), holder)
+    server = build_server(config, environments_of(config), holder, tasks=tasks_for(config))
     app = build_app(config, server, holder)
     sock = _bind("127.0.0.1", 0)
     sock.listen(128)  # connections queue until uvicorn accepts: no polling for readiness
@@ -118,7 +119,8 @@ def stdio_proxy_params(envs: Sequence[str], *extra: str, env: dict[str, str] | N
     args = ["-m", "fleet_mcp_proxy", "serve", "--stdio", "--log-level", "WARNING", *extra]
     for spec in envs:
         args += ["--env", spec]
-    return StdioServerParameters(command=PY, args=args, env=env or {"PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
+    env = env or {"PYTHONPATH": str(ROOT), "XDG_STATE_HOME": os.environ.get("XDG_STATE_HOME", "")}
+    return StdioServerParameters(command=PY, args=args, env=env, cwd=str(ROOT))
 
 
 def pid_alive(pid: int) -> bool:

@@ -8,12 +8,15 @@ the tools read and write), the two databases a verifier compares.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .db import CURRENT_FILE, SEED_FILE
 
 DEMO_ENV_NAME = "tracker"
+DEMO_TASKS = Path(__file__).with_name("tasks.json")
+"""Demo tasks for the tracker in the Fleet export format, each with a verifier (see `fleet_mcp_proxy.tasks`)."""
 
-__all__ = ["CURRENT_FILE", "DEMO_ENV_NAME", "SEED_FILE", "demo_command"]
+__all__ = ["CURRENT_FILE", "DEMO_ENV_NAME", "DEMO_TASKS", "SEED_FILE", "demo_command"]
 
 
 def demo_command(data_dir: str) -> list[str]:

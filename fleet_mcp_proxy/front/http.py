@@ -19,8 +19,9 @@ from starlette.types import Receive, Scope, Send
 
 from ..config import ProxyConfig
 from ..episode import Episode
+from .episodes import StateHolder
 from .identity import episode_key
-from .server import ProxyServer, StateHolder
+from .server import ProxyServer
 
 logger = logging.getLogger(__name__)
 _LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]")
@@ -92,6 +93,16 @@ def build_app(config: ProxyConfig, server: ProxyServer, holder: StateHolder) -> 
         max_request_body_size=config.max_request_body,
     )
     endpoint = McpEndpoint(manager, holder)
+
+    async def episode_record(request: Request) -> Response:
+        state = holder.state
+        store = state.recorder.store if state is not None else None
+        if store is None:
+            return JSONResponse({"error": "episodes are not recorded by this proxy"}, status_code=404)
+        record = await store.get(request.path_params["episode_id"])
+        if record is None:
+            return JSONResponse({"error": "no such episode"}, status_code=404)
+        return JSONResponse(record.to_json())
 
     async def healthz(request: Request) -> Response:
         state = holder.state

@@ -11,6 +11,8 @@ from mcp_types import INVALID_PARAMS, INVALID_REQUEST
 
 EPISODE_HEADER = "fleet-episode"
 EPISODE_QUERY = "episode"
+TASK_HEADER = "fleet-task"
+TASK_QUERY = "task"
 _KEY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 KEYLESS_MODERN = (
@@ -47,6 +49,22 @@ def episode_key(query: Mapping[str, str], headers: Mapping[str, str]) -> str | N
             INVALID_PARAMS,
             "The episode key must be 1 to 128 letters, digits, '.', '_', ':' or '-'.",
         )
+    return key
+
+
+def task_key(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:
+    """The task to bind, from `?task=KEY` or the `Fleet-Task` header.
+
+    Raises:
+        MCPError: the key is malformed, or the two places disagree.
+    """
+    from_query = query.get(TASK_QUERY)
+    from_header = headers.get(TASK_HEADER)
+    if from_query is not None and from_header is not None and from_query != from_header:
+        raise MCPError(INVALID_PARAMS, "The task key in the URL and the Fleet-Task header differ.")
+    key = from_query if from_query is not None else from_header
+    if key is not None and not _KEY.match(key):
+        raise MCPError(INVALID_PARAMS, "The task key must be 1 to 128 letters, digits, '.', '_', ':' or '-'.")
     return key
 
 

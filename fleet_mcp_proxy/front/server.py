@@ -5,53 +5,36 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, get_args
 
 import anyio
-import anyio.abc
 import mcp_types as t
 from mcp import MCPError
-from mcp.server import NotificationOptions, Server, ServerRequestContext
-from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server import NotificationOptions, Server
 from mcp.server.caching import CacheHint
-from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult
 from mcp.server.models import InitializationOptions
 from mcp_types.methods import CacheableMethod
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from .. import __version__
-from ..backends import BackendGone
 from ..calls import forward_tool_call
 from ..config import EnvironmentConfig, ProxyConfig
 from ..episode import Episode, EpisodeEnded
-from ..forwarding import forward_params, tool_error
+from ..forwarding import tool_error
 from ..providers.base import ProvisionError
 from ..providers.pool import InstancePool
+from ..recorder import Recorder, default_store_path, now
 from ..registry import Registry
-from .identity import RequestIdentity, episode_key, episode_slot
+from ..store import CallRecord, EpisodeStore, open_store
+from ..synthetic.submit import submitted_result
+from ..tasks import Task
+from . import handlers as h
+from .episodes import Ctx, ProxyState, StateHolder, episode_for, ready_episode
+from .identity import episode_key, task_key
 
 logger = logging.getLogger(__name__)
-Ctx = ServerRequestContext[Any, Any]
-
-
-@dataclass
-class ProxyState:
-    """What every handler reaches through the server lifespan."""
-
-    config: ProxyConfig
-    registry: Registry
-    task_group: anyio.abc.TaskGroup
-    pool: InstancePool
-
-
-@dataclass
-class StateHolder:
-    """Lets the HTTP layer reach the state the server lifespan creates."""
-
-    state: ProxyState | None = None
-    started: anyio.Event = field(default_factory=anyio.Event)
 
 
 class ProxyServer(Server[ProxyState]):
@@ -69,66 +52,6 @@ class ProxyServer(Server[ProxyState]):
         return super().create_initialization_options(options, experimental_capabilities, extensions)
 
 
-def connection_of(ctx: Ctx) -> Connection:
-    """The per-client `Connection`. Private in mcp 2.3.0 (pinned; a test fails loudly if it moves)."""
-    conn = ctx.session._connection
-    assert isinstance(conn, Connection)
-    return conn
-
-
-def _identity(ctx: Ctx) -> RequestIdentity:
-    request = ctx.request
-    assert request is not None
-    token = get_access_token()
-    principal = token.client_id if token is not None else "anonymous"
-    key = episode_key(request.query_params, request.headers)
-    modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
-    session_id = None if modern else connection_of(ctx).session_id
-    return RequestIdentity(principal, key, session_id, modern)
-
-
-def episode_for(ctx: Ctx) -> Episode:
-    """Find or open the episode of this request and bind the client connection to it."""
-    state: ProxyState = ctx.lifespan_context
-    registry = state.registry
-    if registry.closing:
-        raise MCPError(t.INVALID_REQUEST, "The proxy is shutting down.")
-    modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
-    if ctx.request is None:  # stdio or in-process: the process is the episode
-        episode = registry.open("stdio", "local")
-    else:
-        identity = _identity(ctx)
-        slot = episode_slot(identity, default_episode=state.config.default_episode)
-        episode = registry.open(slot, identity.principal)
-        if identity.session_id is not None:
-            episode.session_ids.add(identity.session_id)
-    if not modern:
-        conn = connection_of(ctx)
-        if conn.state.get("fmp_episode") is not episode:
-            conn.state["fmp_episode"] = episode
-            episode.attach(conn)
-            conn.exit_stack.push_async_callback(_connection_closed, registry, episode, conn)
-    episode.touch()
-    return episode
-
-
-async def _connection_closed(registry: Registry, episode: Episode, conn: Connection) -> None:
-    episode.detach(conn)
-    if episode.key.startswith("session:"):
-        registry.schedule_end(episode.key, "session closed")
-
-
-async def ready_episode(ctx: Ctx) -> Episode:
-    episode = episode_for(ctx)
-    try:
-        await episode.ready()
-    except EpisodeEnded as exc:
-        raise MCPError(t.INVALID_REQUEST, str(exc)) from None
-    except ProvisionError as exc:
-        raise MCPError(t.INTERNAL_ERROR, f"The environments could not be started: {exc}") from None
-    return episode
-
-
 # -- tools ----------------------------------------------------------------------------------------------------
 async def list_tools(ctx: Ctx, params: t.PaginatedRequestParams) -> HandlerResult:
     episode = await ready_episode(ctx)
@@ -144,100 +67,55 @@ async def call_tool(ctx: Ctx, params: t.CallToolRequestParams) -> HandlerResult:
         prefix = "" if isinstance(exc, EpisodeEnded) else "The environments could not be started: "
         return tool_error(f"{prefix}{exc}")
     route = episode.tools.route(params.name)
-    if route is None or route.alias is None:
+    if route is None:
         raise MCPError(t.INVALID_PARAMS, f"Unknown tool: {params.name}")
-    return await forward_tool_call(ctx, episode, route, params.name)
-
-
-# -- prompts, resources, completion, logging --------------------------------------------------------------------
-async def list_prompts(ctx: Ctx, params: t.PaginatedRequestParams) -> HandlerResult:
-    return {"prompts": list((await ready_episode(ctx)).prompts.prompts)}
-
-
-async def get_prompt(ctx: Ctx, params: t.GetPromptRequestParams) -> HandlerResult:
-    episode = await ready_episode(ctx)
-    route = episode.prompts.route(params.name)
-    if route is None or route.alias is None:
-        raise MCPError(t.INVALID_PARAMS, f"Unknown prompt: {params.name}")
-    return await _forward(episode, route.alias, "prompts/get", forward_params(ctx.params, name=route.original))
-
-
-async def list_resources(ctx: Ctx, params: t.PaginatedRequestParams) -> HandlerResult:
-    return {"resources": list((await ready_episode(ctx)).resources.resources)}
-
-
-async def list_templates(ctx: Ctx, params: t.PaginatedRequestParams) -> HandlerResult:
-    return {"resourceTemplates": list((await ready_episode(ctx)).resources.templates)}
-
-
-def _route_uri(episode: Episode, uri: str) -> tuple[str, str]:
-    routed = episode.resources.route_uri(uri)
-    if routed is None:
-        raise MCPError(t.INVALID_PARAMS, f"Unknown resource: {uri}")
-    return routed
-
-
-async def read_resource(ctx: Ctx, params: t.ReadResourceRequestParams) -> HandlerResult:
-    episode = await ready_episode(ctx)
-    alias, original = _route_uri(episode, str(params.uri))
-    result = await _forward(episode, alias, "resources/read", forward_params(ctx.params, uri=original))
-    for item in result.get("contents") or []:
-        if isinstance(item, dict) and item.get("uri") == original:
-            item["uri"] = str(params.uri)
+    if route.alias is None:
+        return await _submit(episode, ctx)
+    if episode.outcome.finished:
+        return tool_error("This episode is finished: an answer was submitted. Start a new episode to continue.")
+    started, clock = now(), anyio.current_time()
+    result = await forward_tool_call(ctx, episode, route, params.name)
+    is_error = result.get("isError") is True
+    if is_error:
+        episode.outcome.record_tool_error(params.name, _first_text(result))
+    call = CallRecord(
+        tool=params.name,
+        arguments=params.arguments or {},
+        result_bytes=_size(result),
+        is_error=is_error,
+        started_at=started,
+        duration_ms=round((anyio.current_time() - clock) * 1000, 3),
+    )
+    episode.recorder.emit("add_call", episode.id, call)
     return result
 
 
-async def subscribe(ctx: Ctx, params: t.SubscribeRequestParams) -> HandlerResult:
-    episode = await ready_episode(ctx)
-    alias, original = _route_uri(episode, str(params.uri))
-    return await _forward(episode, alias, "resources/subscribe", forward_params(ctx.params, uri=original))
+def _size(result: dict[str, Any]) -> int:
+    """Characters of text and base64 data: cheap, and no re-serialization of what passes through."""
+    total = 0
+    for item in result.get("content") or []:
+        if isinstance(item, dict):
+            total += len(item.get("text") or "") + len(item.get("data") or "")
+    return total
 
 
-async def unsubscribe(ctx: Ctx, params: t.UnsubscribeRequestParams) -> HandlerResult:
-    episode = await ready_episode(ctx)
-    alias, original = _route_uri(episode, str(params.uri))
-    return await _forward(episode, alias, "resources/unsubscribe", forward_params(ctx.params, uri=original))
+def _first_text(result: dict[str, Any]) -> str:
+    for item in result.get("content") or []:
+        if isinstance(item, dict) and isinstance(item.get("text"), str):
+            return str(item["text"])
+    return "Tool execution failed"
 
 
-async def complete(ctx: Ctx, params: t.CompleteRequestParams) -> HandlerResult:
-    episode = await ready_episode(ctx)
-    ref = dict((ctx.params or {}).get("ref") or {})
-    if ref.get("type") == "ref/prompt":
-        route = episode.prompts.route(str(ref.get("name")))
-        if route is None or route.alias is None:
-            raise MCPError(t.INVALID_PARAMS, f"Unknown prompt: {ref.get('name')}")
-        alias, ref["name"] = route.alias, route.original
-    else:
-        alias, ref["uri"] = _route_uri(episode, str(ref.get("uri")))
-    return await _forward(episode, alias, "completion/complete", forward_params(ctx.params, ref=ref))
-
-
-async def set_level(ctx: Ctx, params: t.SetLevelRequestParams) -> HandlerResult:
-    episode = await ready_episode(ctx)
-    async with anyio.create_task_group() as tg:
-        for alias in list(episode.links):
-            tg.start_soon(_forward, episode, alias, "logging/setLevel", forward_params(ctx.params))
-    return {}
-
-
-async def listen(ctx: Ctx, params: t.SubscriptionsListenRequestParams) -> HandlerResult:
-    episode = await ready_episode(ctx)
-    for uri in params.notifications.resource_subscriptions or []:
-        alias, original = _route_uri(episode, str(uri))
-        await _forward(episode, alias, "resources/subscribe", {"uri": original})
-    return await episode.listen(ctx, params)
-
-
-async def _forward(episode: Episode, alias: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    episode.inflight += 1
-    try:
-        link = episode.link(alias)
-        return await link.request(method, params, timeout=episode.environments[alias].call_timeout)
-    except BackendGone as exc:
-        raise MCPError(t.INTERNAL_ERROR, str(exc)) from None
-    finally:
-        episode.inflight -= 1
-        episode.touch()
+async def _submit(episode: Episode, ctx: Ctx) -> HandlerResult:
+    """`submit_final_answer`: the first answer counts; verification starts at once in the background."""
+    answer = ((ctx.params or {}).get("arguments") or {}).get("answer")
+    if not isinstance(answer, str):
+        return tool_error("submit_final_answer needs an 'answer' string.")
+    if episode.outcome.submit(answer) is None:
+        return tool_error("An answer was already submitted for this episode; only the first one counts.")
+    await episode.resource_changed("submission")
+    episode.task_group.start_soon(episode.verify, "submit")
+    return submitted_result()
 
 
 def _era_complete(
@@ -265,20 +143,45 @@ async def refuse_keyless_discover(ctx: Ctx, call_next: CallNext) -> HandlerResul
     return await call_next(ctx)
 
 
+async def task_instructions(ctx: Ctx, call_next: CallNext) -> HandlerResult:
+    """The bound task's prompt is the server `instructions` (per episode, so set on the way out)."""
+    result = await call_next(ctx)
+    if ctx.method in ("initialize", "server/discover") and isinstance(result, dict):
+        state: ProxyState = ctx.lifespan_context
+        key = state.config.task
+        if ctx.request is not None:
+            key = task_key(ctx.request.query_params, ctx.request.headers) or key
+        task = state.registry.tasks.get(key) if key else None
+        if task is not None:
+            result["instructions"] = task.prompt
+    return result
+
+
 _HANDLERS: list[tuple[str, type[Any], Callable[[Ctx, Any], Awaitable[HandlerResult]]]] = [
     ("tools/list", t.PaginatedRequestParams, list_tools),
     ("tools/call", t.CallToolRequestParams, call_tool),
-    ("prompts/list", t.PaginatedRequestParams, list_prompts),
-    ("prompts/get", t.GetPromptRequestParams, get_prompt),
-    ("resources/list", t.PaginatedRequestParams, list_resources),
-    ("resources/templates/list", t.PaginatedRequestParams, list_templates),
-    ("resources/read", t.ReadResourceRequestParams, read_resource),
-    ("resources/subscribe", t.SubscribeRequestParams, subscribe),
-    ("resources/unsubscribe", t.UnsubscribeRequestParams, unsubscribe),
-    ("completion/complete", t.CompleteRequestParams, complete),
-    ("logging/setLevel", t.SetLevelRequestParams, set_level),
-    ("subscriptions/listen", t.SubscriptionsListenRequestParams, listen),
+    ("prompts/list", t.PaginatedRequestParams, h.list_prompts),
+    ("prompts/get", t.GetPromptRequestParams, h.get_prompt),
+    ("resources/list", t.PaginatedRequestParams, h.list_resources),
+    ("resources/templates/list", t.PaginatedRequestParams, h.list_templates),
+    ("resources/read", t.ReadResourceRequestParams, h.read_resource),
+    ("resources/subscribe", t.SubscribeRequestParams, h.subscribe),
+    ("resources/unsubscribe", t.UnsubscribeRequestParams, h.unsubscribe),
+    ("completion/complete", t.CompleteRequestParams, h.complete),
+    ("logging/setLevel", t.SetLevelRequestParams, h.set_level),
+    ("subscriptions/listen", t.SubscriptionsListenRequestParams, h.listen),
 ]
+
+
+async def _open_store(config: ProxyConfig) -> EpisodeStore | None:
+    if not config.record_episodes:
+        return None
+    path = Path(config.store_path) if config.store_path else default_store_path()
+    try:
+        return await open_store(path)
+    except Exception:  # the record is valuable, but not worth refusing agents over
+        logger.exception("cannot open the episode store %s; episodes are not recorded", path)
+        return None
 
 
 def build_server(
@@ -287,16 +190,19 @@ def build_server(
     holder: StateHolder | None = None,
     *,
     front: str = "http",
+    tasks: dict[str, Task] | None = None,
 ) -> ProxyServer:
     """The front server; its lifespan owns the proxy-wide task group, the instance pool and the registry."""
 
     @asynccontextmanager
     async def lifespan(_: Server[ProxyState]) -> AsyncIterator[ProxyState]:
         async with anyio.create_task_group() as tg:
+            recorder = Recorder(await _open_store(config))
+            tg.start_soon(recorder.run)
             pool = InstancePool(config, tg, front=front)
             await pool.start()
-            registry = Registry(config, environments, pool, tg)
-            state = ProxyState(config, registry, tg, pool)
+            registry = Registry(config, environments, pool, tg, tasks, recorder)
+            state = ProxyState(config, registry, tg, pool, recorder)
             tg.start_soon(registry.reap_idle)
             if holder is not None:
                 holder.state = state
@@ -306,6 +212,7 @@ def build_server(
             finally:
                 await registry.shutdown()
                 await pool.shutdown()
+                await recorder.close(config.end_timeout)
                 tg.cancel_scope.cancel()
 
     server = ProxyServer(
@@ -319,4 +226,5 @@ def build_server(
     for method, params_type, handler in _HANDLERS:
         server.add_request_handler(method, params_type, _era_complete(handler))
     server.middleware.append(refuse_keyless_discover)
+    server.middleware.append(task_instructions)
     return server

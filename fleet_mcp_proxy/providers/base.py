@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import EnvironmentConfig
+
+if TYPE_CHECKING:
+    from ..tasks import Task
+    from ..verify.scoring import VerifierRun
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,4 +65,10 @@ class Provider(Protocol):
 
     async def release(self, instance: Instance) -> None:
         """Give the instance back. Idempotent; must not raise for an instance already gone."""
+        ...
+
+    def verifier(
+        self, instance: Instance, task: Task, final_answer: str | None, timeout: float
+    ) -> Callable[[], Awaitable[VerifierRun]]:
+        """How to run `task`'s verifier against `instance` (local files or the platform's executor)."""
         ...

@@ -24,6 +24,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from ..config import EnvironmentConfig, FleetSettings
+from ..verify.remote import run_remote
+from ..verify.scoring import VerifierRun
 from .base import HttpTarget, Instance, ProvisionError
 from .fleet_errors import Kind, classify
 from .leases import Beat, LeaseLost
@@ -234,6 +236,21 @@ class FleetProvider:
         """Ids of live instances carrying this deployment's run_id."""
         found = await self._fleet.instances(run_id=self.run_id)
         return [str(env.instance_id) for env in found if getattr(env, "status", "") in ("pending", "running")]
+
+    async def verify_remote(
+        self, instance: Instance, task: Any, code: str, final_answer: str | None, timeout: float
+    ) -> VerifierRun:
+        """The platform's verifier executor, through the SDK's async path."""
+        return await run_remote(
+            self._fleet,
+            instance.instance_id,
+            task_key=task.task_key,
+            prompt=task.prompt,
+            env_key=task.env_key,
+            code=code,
+            final_answer=final_answer,
+            timeout=timeout,
+        )
 
     async def aclose(self) -> None:
         await _close(self._fleet)

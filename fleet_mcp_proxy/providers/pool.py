@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -15,6 +16,11 @@ from .base import HttpTarget, Instance, ProvisionError
 from .fleet import FleetProvider
 from .leases import Delete, LeaseKeeper
 from .local import LocalProvider
+
+if TYPE_CHECKING:
+    from ..tasks import Task
+from ..verify.local import run_local
+from ..verify.scoring import VerifierRun
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +43,8 @@ class InstancePool:
     def __init__(self, config: ProxyConfig, task_group: anyio.abc.TaskGroup, *, front: str = "http") -> None:
         self.local = LocalProvider()
         self.fleet: FleetProvider | None = None
-        if any(env.kind == "fleet" for env in config.environments):
+        fleet_tasks = config.tasks_file is not None and config.fleet.api_key is not None
+        if fleet_tasks or any(env.kind == "fleet" for env in config.environments):
             settings = config.fleet.model_copy(update={"run_id": run_id_for(config, front)})
             self.fleet = FleetProvider(settings)
         self.keeper = LeaseKeeper(task_group)
@@ -81,6 +88,28 @@ class InstancePool:
         if instance.provider == "fleet" and self.fleet is not None:
             return self.fleet.delete
         return self.local.delete
+
+    def verifier(
+        self, instance: Instance, task: Task, final_answer: str | None, timeout: float
+    ) -> Callable[[], Awaitable[VerifierRun]]:
+        code = task.verifier_code or ""
+        if instance.provider == "fleet" and self.fleet is not None:
+            fleet = self.fleet
+
+            async def remote() -> VerifierRun:
+                return await fleet.verify_remote(instance, task, code, final_answer, timeout)
+
+            return remote
+        data_dir = instance.data_dir
+
+        async def local() -> VerifierRun:
+            if data_dir is None or not (data_dir / "current.sqlite").exists():
+                raise FileNotFoundError("the instance keeps no seed/current databases to verify against")
+            return await run_local(
+                code, data_dir / "seed.sqlite", data_dir / "current.sqlite", final_answer=final_answer, timeout=timeout
+            )
+
+        return local
 
     async def release(self, instance: Instance) -> None:
         """Hand the instance to the keeper, which deletes it with its own retries."""

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from . import control, dataplane
+from . import control, dataplane, verifiers
 from .faults import Faults
 from .front import Front
 from .models import ApiError
@@ -86,7 +86,7 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 def build_app(emu: Emulator) -> ASGIApp:
     app = Starlette(
-        routes=[*admin_routes(emu), *control.routes(emu), *dataplane.routes(emu)],
+        routes=[*admin_routes(emu), *control.routes(emu), *verifiers.routes(emu), *dataplane.routes(emu)],
         exception_handlers={ApiError: _api_error},
         lifespan=emu.lifespan,
     )

@@ -20,6 +20,7 @@ from .faults import Faults
 from .instances import HostPool, InstanceHost
 from .models import DEFAULT_CATALOG, ApiError, EnvSpec, InstanceRecord
 from .state import DEFAULT_REGIONS, EmulatorState
+from .verifiers import BundleStore
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class Emulator:
         self._base_url: str | None = None
         self._data_root = data_root
         self.hosts = HostPool()
+        self.bundles = BundleStore()  # verifier bundles and executions (verifiers.py)
         self.started = anyio.Event()
         self._tg: TaskGroup | None = None
 
@@ -201,4 +203,5 @@ class Emulator:
             "faults": self.faults.to_dict(),
             "serving": sorted(i for i, h in self.hosts.hosts.items() if h.serving),
             **self.state.to_state(),
+            "verifiers": self.bundles.to_state(),
         }

@@ -18,7 +18,8 @@ class Faults:
     Rate knobs are probabilities in [0, 1], rolled once per eligible request. `latency`, `rate_5xx` and
     `rate_429` apply to every control-plane request (`/v1/...`) whose `"METHOD /path"` matches `match`
     (a regex searched in it; None matches everything). The `create_*` knobs apply to creates that pass
-    validation, the limit and de-duplication. Change knobs at runtime with `update(...)`.
+    validation, the limit and de-duplication; the `verifier_*` knobs apply to `/v1/verifiers/execute` calls that
+    would run a verifier. Change knobs at runtime with `update(...)`.
     """
 
     seed: int = 0
@@ -31,6 +32,8 @@ class Faults:
     create_health_check_status: int = 503
     create_drop_after_commit_rate: float = 0.0  # instance made and request id bound, then the socket is cut
     provision_delay: float = 0.0  # clock seconds an instance stays `pending` after its create
+    verifier_failure_rate: float = 0.0  # a verifier execution answers success=false without running (verifiers.py)
+    verifier_judge_error_rate: float = 0.0  # a successful execution gets a `JUDGE ERROR:` line and a fabricated 0
     match: str | None = None
     rng: random.Random = field(init=False, repr=False, compare=False)
 
@@ -39,7 +42,8 @@ class Faults:
         self.rng = random.Random(self.seed)
 
     def _validate(self) -> None:
-        for name in ("rate_5xx", "rate_429", "create_health_check_failure_rate", "create_drop_after_commit_rate"):
+        rates = ("rate_5xx", "rate_429", "create_health_check_failure_rate", "create_drop_after_commit_rate")
+        for name in (*rates, "verifier_failure_rate", "verifier_judge_error_rate"):
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {rate!r}")

@@ -1,0 +1,105 @@
+"""Which episode a request belongs to, and the proxy-wide state handlers reach through the lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+import mcp_types as t
+from mcp import MCPError
+from mcp.server import ServerRequestContext
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.connection import Connection
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from ..config import ProxyConfig
+from ..episode import Episode, EpisodeEnded
+from ..providers.base import ProvisionError
+from ..providers.pool import InstancePool
+from ..recorder import Recorder
+from ..registry import Registry
+from .identity import RequestIdentity, episode_key, episode_slot, task_key
+
+Ctx = ServerRequestContext[Any, Any]
+
+
+@dataclass
+class ProxyState:
+    """What every handler reaches through the server lifespan."""
+
+    config: ProxyConfig
+    registry: Registry
+    task_group: anyio.abc.TaskGroup
+    pool: InstancePool
+    recorder: Recorder
+
+
+@dataclass
+class StateHolder:
+    """Lets the HTTP layer reach the state the server lifespan creates."""
+
+    state: ProxyState | None = None
+    started: anyio.Event = field(default_factory=anyio.Event)
+
+
+def connection_of(ctx: Ctx) -> Connection:
+    """The per-client `Connection`. Private in mcp 2.3.0 (pinned; a test fails loudly if it moves)."""
+    conn = ctx.session._connection
+    assert isinstance(conn, Connection)
+    return conn
+
+
+def _identity(ctx: Ctx) -> RequestIdentity:
+    request = ctx.request
+    assert request is not None
+    token = get_access_token()
+    principal = token.client_id if token is not None else "anonymous"
+    key = episode_key(request.query_params, request.headers)
+    modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+    session_id = None if modern else connection_of(ctx).session_id
+    return RequestIdentity(principal, key, session_id, modern)
+
+
+def episode_for(ctx: Ctx) -> Episode:
+    """Find or open the episode of this request and bind the client connection to it."""
+    state: ProxyState = ctx.lifespan_context
+    registry = state.registry
+    if registry.closing:
+        raise MCPError(t.INVALID_REQUEST, "The proxy is shutting down.")
+    modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+    if ctx.request is None:  # stdio or in-process: the process is the episode
+        episode = registry.open("stdio", "local", state.config.task)
+    else:
+        identity = _identity(ctx)
+        slot = episode_slot(identity, default_episode=state.config.default_episode)
+        requested = task_key(ctx.request.query_params, ctx.request.headers) or state.config.task
+        episode = registry.open(slot, identity.principal, requested)
+        if identity.session_id is not None:
+            episode.session_ids.add(identity.session_id)
+    if not modern:
+        conn = connection_of(ctx)
+        if conn.state.get("fmp_episode") is not episode:
+            conn.state["fmp_episode"] = episode
+            episode.attach(conn)
+            conn.exit_stack.push_async_callback(_connection_closed, registry, episode, conn)
+    episode.touch()
+    return episode
+
+
+async def _connection_closed(registry: Registry, episode: Episode, conn: Connection) -> None:
+    episode.detach(conn)
+    if episode.key.startswith("session:"):
+        registry.schedule_end(episode.key, "session closed")
+
+
+async def ready_episode(ctx: Ctx) -> Episode:
+    episode = episode_for(ctx)
+    try:
+        await episode.ready()
+    except EpisodeEnded as exc:
+        raise MCPError(t.INVALID_REQUEST, str(exc)) from None
+    except ProvisionError as exc:
+        raise MCPError(t.INTERNAL_ERROR, f"The environments could not be started: {exc}") from None
+    return episode

@@ -1,0 +1,33 @@
+"""Durable episode records for RL training: what is kept, the `EpisodeStore` interface, and SQLite."""
+
+from .records import (
+    CallRecord,
+    DuplicateRecord,
+    EpisodeRecord,
+    EpisodeStore,
+    EpisodeSummary,
+    InstanceRecord,
+    JSONObject,
+    Provider,
+    RecordNotFound,
+    StoreError,
+    to_iso,
+)
+from .sqlite import SCHEMA_VERSION, SQLiteStore, open_store
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CallRecord",
+    "DuplicateRecord",
+    "EpisodeRecord",
+    "EpisodeStore",
+    "EpisodeSummary",
+    "InstanceRecord",
+    "JSONObject",
+    "Provider",
+    "RecordNotFound",
+    "SQLiteStore",
+    "StoreError",
+    "open_store",
+    "to_iso",
+]

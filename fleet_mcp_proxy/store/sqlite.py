@@ -1,0 +1,269 @@
+"""The embedded `EpisodeStore`: SQLite in WAL mode, one connection, every write committed as it is made."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import aiosqlite
+import anyio
+
+from .records import (
+    CallRecord,
+    DuplicateRecord,
+    EpisodeRecord,
+    EpisodeStore,
+    EpisodeSummary,
+    JSONObject,
+    Provider,
+    RecordNotFound,
+    StoreError,
+    to_iso,
+)
+from .rows import call_of, episode_fields, instance_of, json_object, time_of
+
+SCHEMA_VERSION = 1
+_SCHEMA = (
+    """CREATE TABLE episodes (
+        id TEXT PRIMARY KEY, principal TEXT NOT NULL, task_key TEXT, started_at TEXT NOT NULL,
+        ended_at TEXT, end_reason TEXT, answer TEXT, submitted_at TEXT,
+        reward TEXT, verifier TEXT)""",  # reward, verifier: JSON objects
+    "CREATE INDEX episodes_by_start ON episodes (started_at, id)",
+    "CREATE INDEX episodes_by_task ON episodes (task_key, started_at)",
+    """CREATE TABLE instances (
+        episode_id TEXT NOT NULL REFERENCES episodes (id), instance_id TEXT NOT NULL, alias TEXT NOT NULL,
+        provider TEXT NOT NULL CHECK (provider IN ('local', 'fleet')), spec TEXT NOT NULL,
+        created_at TEXT NOT NULL, released_at TEXT, UNIQUE (episode_id, instance_id))""",
+    """CREATE TABLE calls (
+        episode_id TEXT NOT NULL REFERENCES episodes (id), seq INTEGER NOT NULL, tool TEXT NOT NULL,
+        arguments TEXT NOT NULL, result_bytes INTEGER NOT NULL, is_error INTEGER NOT NULL,
+        started_at TEXT NOT NULL, duration_ms REAL NOT NULL, PRIMARY KEY (episode_id, seq)) WITHOUT ROWID""",
+)
+# One statement, so numbering is atomic even if another connection writes the same file.
+_INSERT_CALL = """INSERT INTO calls
+    SELECT ?, COALESCE(?, MAX(seq) + 1, 1), ?, ?, ?, ?, ?, ? FROM calls WHERE episode_id = ? RETURNING seq"""
+_SUMMARIES = """SELECT e.*, (SELECT COUNT(*) FROM calls c WHERE c.episode_id = e.id) AS call_count
+    FROM episodes e WHERE ?1 IS NULL OR e.task_key = ?1 ORDER BY e.started_at DESC, e.id DESC LIMIT ?2 OFFSET ?3"""
+_EXPORT_IDS = "SELECT started_at, id FROM episodes WHERE (started_at, id) >= (?, ?) ORDER BY started_at, id LIMIT ?"
+_EXPORT_PAGE = 100
+
+
+class SQLiteStore:
+    """Embedded SQLite in WAL mode: one connection, one write at a time, each committed as it is made."""
+
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        self.path = str(path)
+        self._create = create  # False (the CLI): never create or convert a file, only read what is there
+        self._lock = anyio.Lock()
+        self._db: aiosqlite.Connection | None = None
+
+    async def open(self) -> SQLiteStore:
+        # isolation_level=None: autocommit, so every write is its own transaction, durable when it returns.
+        # The CLI opens with mode=rw so that a mistyped path is an error rather than a new, empty database.
+        target = self.path if self._create else Path(self.path).absolute().as_uri() + "?mode=rw"  # noqa: ASYNC240
+        connection = aiosqlite.connect(target, uri=not self._create, isolation_level=None)
+        try:
+            db = await connection
+        except sqlite3.Error as exc:
+            # aiosqlite's worker thread still has to report its own stop to this loop; once the loop is gone
+            # that report would die as a traceback on stderr, so wait for the thread first (bounded).
+            await anyio.to_thread.run_sync(connection._thread.join, 5)
+            raise StoreError(f"cannot open episode database {self.path}: {exc}") from None
+        try:
+            await self._prepare(db)
+        except BaseException as exc:
+            await db.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot use episode database {self.path}: {exc}") from None
+            raise
+        db.row_factory = aiosqlite.Row
+        self._db = db
+        return self
+
+    async def _prepare(self, db: aiosqlite.Connection) -> None:
+        await db.execute("PRAGMA busy_timeout = 5000")  # the CLI may read while the proxy writes
+        await db.execute("PRAGMA foreign_keys = ON")
+        tables = {row[0] for row in await db.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "schema_version" not in tables and (tables or not self._create):
+            raise StoreError(f"{self.path} is not a fleet-mcp-proxy episode database")
+        if self._create:
+            # WAL: readers never block the writer, and a commit is one append to the log.
+            (mode,) = next(iter(await db.execute_fetchall("PRAGMA journal_mode = WAL")))
+            if mode != "wal":
+                raise StoreError(f"{self.path}: SQLite refused WAL mode (journal_mode={mode})")
+        # NORMAL in WAL mode: commits survive a crash of this process, and the file is never corrupted;
+        # only an OS crash or power loss can lose the last few commits, not worth an fsync per tool call.
+        await db.execute("PRAGMA synchronous = NORMAL")
+        if not self._create:
+            await self._check_version(db)
+            return
+        await db.execute("BEGIN IMMEDIATE")  # two processes opening a new file must not both create the schema
+        try:
+            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            if await self._check_version(db) is None:
+                for statement in _SCHEMA:
+                    await db.execute(statement)
+                await db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def _check_version(self, db: aiosqlite.Connection) -> int | None:
+        rows = builtins.list(await db.execute_fetchall("SELECT MAX(version) FROM schema_version"))
+        version: int | None = rows[0][0]
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {version}; this proxy knows {SCHEMA_VERSION}")
+        return version
+
+    async def __aenter__(self) -> SQLiteStore:
+        return self if self._db is not None else await self.open()
+
+    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        await self.aclose()
+
+    @asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[aiosqlite.Connection]:
+        # Shielded: a record already started is written even if its caller is being cancelled, and the one
+        # connection is never left inside a transaction that later writes would silently join.
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                if self._db is None:
+                    raise StoreError(f"episode database {self.path} is not open")
+                yield self._db
+
+    async def _write(
+        self, episode_id: str, sql: str, params: tuple[Any, ...], missing: str = ""
+    ) -> builtins.list[sqlite3.Row]:
+        async with self._exclusive() as db:
+            try:
+                cursor = await db.execute(sql, params)
+                rows = builtins.list(await cursor.fetchall())  # steps the statement to its end: committed
+                changed = cursor.rowcount
+                await cursor.close()
+            except sqlite3.IntegrityError as exc:
+                if exc.sqlite_errorname == "SQLITE_CONSTRAINT_FOREIGNKEY":
+                    raise RecordNotFound(f"no episode {episode_id}") from None
+                if exc.sqlite_errorname in ("SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"):
+                    raise DuplicateRecord(f"episode {episode_id}: {exc}") from None
+                raise StoreError(f"episode {episode_id}: {exc}") from None
+        if changed == 0:
+            raise RecordNotFound(missing or f"no episode {episode_id}")
+        return rows
+
+    async def open_episode(self, episode_id: str, principal: str, task_key: str | None, started_at: datetime) -> None:
+        sql = "INSERT INTO episodes (id, principal, task_key, started_at) VALUES (?, ?, ?, ?)"
+        await self._write(episode_id, sql, (episode_id, principal, task_key, to_iso(started_at)))
+
+    async def add_instance(
+        self, episode_id: str, alias: str, instance_id: str, provider: Provider, spec: str, created_at: datetime
+    ) -> None:
+        sql = "INSERT INTO instances (episode_id, instance_id, alias, provider, spec, created_at) VALUES (?,?,?,?,?,?)"
+        await self._write(episode_id, sql, (episode_id, instance_id, alias, provider, spec, to_iso(created_at)))
+
+    async def instance_released(self, episode_id: str, instance_id: str, released_at: datetime) -> None:
+        sql = "UPDATE instances SET released_at = ? WHERE episode_id = ? AND instance_id = ?"
+        missing = f"no instance {instance_id} in episode {episode_id}"
+        await self._write(episode_id, sql, (to_iso(released_at), episode_id, instance_id), missing)
+
+    async def add_call(self, episode_id: str, call: CallRecord) -> int:
+        arguments = json.dumps(call.arguments, separators=(",", ":"))
+        params = (call.result_bytes, int(call.is_error), to_iso(call.started_at), call.duration_ms, episode_id)
+        rows = await self._write(episode_id, _INSERT_CALL, (episode_id, call.seq, call.tool, arguments, *params))
+        return int(rows[0][0])
+
+    async def set_submission(self, episode_id: str, answer: str, submitted_at: datetime) -> None:
+        sql = "UPDATE episodes SET answer = ?, submitted_at = ? WHERE id = ?"
+        await self._write(episode_id, sql, (answer, to_iso(submitted_at), episode_id))
+
+    async def set_result(self, episode_id: str, reward: JSONObject, verifier: JSONObject) -> None:
+        sql = "UPDATE episodes SET reward = ?, verifier = ? WHERE id = ?"
+        await self._write(episode_id, sql, (json.dumps(reward), json.dumps(verifier), episode_id))
+
+    async def end_episode(self, episode_id: str, reason: str, ended_at: datetime) -> None:
+        sql = "UPDATE episodes SET end_reason = ?, ended_at = ? WHERE id = ?"
+        await self._write(episode_id, sql, (reason, to_iso(ended_at), episode_id))
+
+    async def get(self, episode_id: str) -> EpisodeRecord | None:
+        async with self._exclusive() as db:
+            await db.execute("BEGIN")  # one snapshot for the three reads, even while another process writes
+            try:
+                episode = builtins.list(await db.execute_fetchall("SELECT * FROM episodes WHERE id = ?", (episode_id,)))
+                instances = await db.execute_fetchall(
+                    "SELECT * FROM instances WHERE episode_id = ? ORDER BY rowid", (episode_id,)
+                )
+                calls = await db.execute_fetchall(
+                    "SELECT * FROM calls WHERE episode_id = ? ORDER BY seq", (episode_id,)
+                )
+            finally:
+                await db.execute("COMMIT")
+        if not episode:
+            return None
+        row = episode[0]
+        return EpisodeRecord(
+            **episode_fields(row),
+            answer=row["answer"],
+            submitted_at=time_of(row["submitted_at"]),
+            reward=json_object(row["reward"]),
+            verifier=json_object(row["verifier"]),
+            instances=tuple(instance_of(row) for row in instances),
+            calls=tuple(call_of(row) for row in calls),
+        )
+
+    async def list(
+        self, limit: int = 50, offset: int = 0, task_key: str | None = None
+    ) -> builtins.list[EpisodeSummary]:
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        async with self._exclusive() as db:
+            rows = await db.execute_fetchall(_SUMMARIES, (task_key, limit, offset))
+        summaries = []
+        for row in rows:
+            reward = json_object(row["reward"]) or {}
+            score = reward.get("reward")
+            summaries.append(
+                EpisodeSummary(
+                    **episode_fields(row),
+                    call_count=row["call_count"],
+                    submitted=row["submitted_at"] is not None,
+                    status=reward.get("status"),
+                    reward=float(score) if isinstance(score, int | float) else None,
+                )
+            )
+        return summaries
+
+    async def export(self, since: datetime | None = None) -> AsyncIterator[JSONObject]:
+        # Pages of ids, then one short read per episode: the writer is never held up for a whole export.
+        after = ("", "") if since is None else (to_iso(since), "")
+        while True:
+            async with self._exclusive() as db:
+                page = await db.execute_fetchall(_EXPORT_IDS, (*after, _EXPORT_PAGE))
+            ids = [(row[0], row[1]) for row in page]
+            for _, episode_id in ids:
+                if (record := await self.get(episode_id)) is not None:
+                    yield record.to_json()
+            if len(ids) < _EXPORT_PAGE:
+                return
+            after = (ids[-1][0], ids[-1][1] + "\x00")  # just past the last id sent
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                db, self._db = self._db, None
+                if db is not None:
+                    await db.close()  # the last connection out checkpoints the WAL into the main file
+
+
+async def open_store(path: str | Path, *, create: bool = True) -> SQLiteStore:
+    return await SQLiteStore(path, create=create).open()
+
+
+if TYPE_CHECKING:  # mypy proves SQLiteStore implements the interface
+    _conforms: type[EpisodeStore] = SQLiteStore
