@@ -120,6 +120,7 @@ def build_app(config: ProxyConfig, server: ProxyServer, holder: StateHolder) -> 
         routes=[
             Route("/mcp", endpoint=endpoint, methods=["GET", "POST", "DELETE"]),
             Route("/healthz", healthz),
+            Route("/episodes/{episode_id:str}", episode_record),
         ],
         lifespan=lifespan,
     )
