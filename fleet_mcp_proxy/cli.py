@@ -35,7 +35,10 @@ def demo_environment() -> EnvironmentConfig:
 
 
 def environments_of(config: ProxyConfig) -> tuple[EnvironmentConfig, ...]:
-    return config.environments or (demo_environment(),)
+    """The configured environments; with none, the demo tracker, unless Fleet tasks are what is served."""
+    if config.environments or (config.tasks_file and config.fleet.api_key):
+        return config.environments
+    return (demo_environment(),)
 
 
 def tasks_for(config: ProxyConfig) -> dict[str, Task]:

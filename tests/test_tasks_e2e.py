@@ -196,3 +196,60 @@ def test_a_bad_task_file_stops_startup_naming_the_file(tmp_path: Path) -> None:
         timeout=60,
     )
     assert unknown.returncode == 2 and "no-such-task" in unknown.stderr
+
+
+async def _stored(db: Path, task_key: str) -> dict[str, Any]:
+    """The one recorded episode of `task_key` in `db`, once it has ended (bounded)."""
+    from fleet_mcp_proxy.store import open_store
+
+    with anyio.fail_after(60):
+        while True:
+            if await anyio.Path(db).exists():
+                async with await open_store(db) as store:
+                    for summary in await store.list(task_key=task_key):
+                        record = await store.get(summary.episode_id)
+                        if record is not None and record.ended_at is not None:
+                            return record.to_json()
+            await anyio.sleep(0.1)  # another process writes it
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(180)
+async def test_stdio_eof_verifies_the_bound_task_and_the_prompt_is_the_instructions(tmp_path: Path) -> None:
+    from helpers import ROOT, stdio_proxy_params
+
+    key = "tracker-close-duplicate"
+    env = {"PYTHONPATH": str(ROOT), "XDG_STATE_HOME": str(tmp_path)}
+    with anyio.fail_after(120):
+        async with Client(stdio_proxy_params([], "--task", key, env=env), mode="legacy") as client:
+            assert client.session.instructions == DEMO[key].prompt
+            prompt = await client.get_prompt("fleet_task")
+            assert prompt.messages[0].content.text == DEMO[key].prompt  # type: ignore[union-attr]
+            await client.list_tools()
+            await SOLUTIONS[key][0](client)
+        record = await _stored(tmp_path / "fleet-mcp-proxy" / "episodes.sqlite3", key)
+    assert record["reward"]["reward"] == 1.0 and record["reward"]["trigger"] == "close"
+    assert record["end_reason"] == "proxy shutdown"
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("how", ["shutdown", "idle"])
+async def test_shutdown_and_idle_timeout_verify_the_bound_task(tmp_path: Path, how: str) -> None:
+    key = "tracker-comment-certificate"
+    db = tmp_path / "episodes.sqlite3"
+    overrides: dict[str, Any] = {"store_path": str(db)}
+    if how == "idle":
+        overrides["idle_timeout"] = 1.0  # time is the subject: the episode must end on its own
+    async with proxy_http(load_config(overrides=overrides)) as proxy:
+        with anyio.fail_after(120):
+            url = f"{proxy.url}?task={key}&episode=verify-{how}"
+            async with http_client(url, "2026-07-28") as client:  # keyed: closing the client ends nothing
+                await client.list_tools()
+                await SOLUTIONS[key][0](client)
+            if how == "idle":
+                record = await _stored(db, key)
+    if how == "shutdown":
+        record = await _stored(db, key)
+    assert record["reward"]["reward"] == 1.0 and record["reward"]["trigger"] == "close"
+    assert record["end_reason"] == ("proxy shutdown" if how == "shutdown" else "idle for 1 s")

@@ -178,6 +178,7 @@ async def _open_store(config: ProxyConfig) -> EpisodeStore | None:
         return None
     path = Path(config.store_path) if config.store_path else default_store_path()
     try:
+        await anyio.Path(path).parent.mkdir(parents=True, exist_ok=True)
         return await open_store(path)
     except Exception:  # the record is valuable, but not worth refusing agents over
         logger.exception("cannot open the episode store %s; episodes are not recorded", path)
