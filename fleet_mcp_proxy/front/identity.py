@@ -33,23 +33,24 @@ class RequestIdentity:
     modern: bool
 
 
+def _key(query: Mapping[str, str], headers: Mapping[str, str], name: str, header: str, label: str) -> str | None:
+    from_query = query.get(name)
+    from_header = headers.get(header)
+    if from_query is not None and from_header is not None and from_query != from_header:
+        raise MCPError(INVALID_PARAMS, f"The {name} key in the URL and the {label} header differ.")
+    key = from_query if from_query is not None else from_header
+    if key is not None and not _KEY.match(key):
+        raise MCPError(INVALID_PARAMS, f"The {name} key must be 1 to 128 letters, digits, '.', '_', ':' or '-'.")
+    return key
+
+
 def episode_key(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:
-    """The explicit episode key, from the query string or the `Fleet-Episode` header.
+    """The explicit episode key, from `?episode=KEY` or the `Fleet-Episode` header.
 
     Raises:
         MCPError: the key is malformed, or the two places disagree.
     """
-    from_query = query.get(EPISODE_QUERY)
-    from_header = headers.get(EPISODE_HEADER)
-    if from_query is not None and from_header is not None and from_query != from_header:
-        raise MCPError(INVALID_PARAMS, "The episode key in the URL and the Fleet-Episode header differ.")
-    key = from_query if from_query is not None else from_header
-    if key is not None and not _KEY.match(key):
-        raise MCPError(
-            INVALID_PARAMS,
-            "The episode key must be 1 to 128 letters, digits, '.', '_', ':' or '-'.",
-        )
-    return key
+    return _key(query, headers, EPISODE_QUERY, EPISODE_HEADER, "Fleet-Episode")
 
 
 def task_key(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:
@@ -58,14 +59,7 @@ def task_key(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None
     Raises:
         MCPError: the key is malformed, or the two places disagree.
     """
-    from_query = query.get(TASK_QUERY)
-    from_header = headers.get(TASK_HEADER)
-    if from_query is not None and from_header is not None and from_query != from_header:
-        raise MCPError(INVALID_PARAMS, "The task key in the URL and the Fleet-Task header differ.")
-    key = from_query if from_query is not None else from_header
-    if key is not None and not _KEY.match(key):
-        raise MCPError(INVALID_PARAMS, "The task key must be 1 to 128 letters, digits, '.', '_', ':' or '-'.")
-    return key
+    return _key(query, headers, TASK_QUERY, TASK_HEADER, "Fleet-Task")
 
 
 def episode_slot(identity: RequestIdentity, *, default_episode: bool) -> str:
