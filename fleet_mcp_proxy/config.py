@@ -102,11 +102,23 @@ class FleetSettings(_Frozen):
         return value.rstrip("/") if value else value
 
 
+class ContextConfig(_Frozen):
+    """Large outputs and the context tools (contract §3.2 to §3.4)."""
+
+    enabled: Literal["auto", "always", "never"] = "auto"  # auto: for episodes bound to a task
+    budget_chars: int = Field(default=16_000, gt=0)
+    max_outputs: int = Field(default=64, gt=0)
+    max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    page_size: int = Field(default=4_000, gt=0)
+    tools: tuple[str, ...] = ("view_tool_output", "search_tool_output", "search_history")
+
+
 class ProxyConfig(_Frozen):
     """Everything the proxy needs to run; built once by `load_config`."""
 
     environments: tuple[EnvironmentConfig, ...] = ()
     fleet: FleetSettings = Field(default_factory=FleetSettings)
+    context: ContextConfig = Field(default_factory=ContextConfig)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     idle_timeout: float = Field(default=900.0, gt=0)
@@ -175,12 +187,16 @@ def _read_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError(where, "", "file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(where, "", f"not valid TOML ({exc})") from None
-    unknown = set(raw) - {"proxy", "env", "fleet"}
+    unknown = set(raw) - {"proxy", "env", "fleet", "context"}
     if unknown:
-        raise ConfigError(where, sorted(unknown)[0], "unknown section (expected [proxy], [fleet] and [env.NAME])")
+        raise ConfigError(
+            where, sorted(unknown)[0], "unknown section (expected [proxy], [fleet], [context] and [env.NAME])"
+        )
     data: dict[str, Any] = dict(_interpolate(raw.get("proxy", {}), where, "proxy", environ))
     if "fleet" in raw:
         data["fleet"] = _interpolate(raw["fleet"], where, "fleet", environ)
+    if "context" in raw:
+        data["context"] = raw["context"]
     envs = raw.get("env", {})
     if not isinstance(envs, dict):
         raise ConfigError(where, "env", "must be a table of [env.NAME] sections")
@@ -192,8 +208,8 @@ def _read_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
 
 def _key_of(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
     """Turn a pydantic error location into the key a person wrote in the file."""
-    if loc and loc[0] == "fleet":
-        return "fleet." + ".".join(str(p) for p in loc[1:])
+    if loc and loc[0] in ("fleet", "context"):
+        return ".".join(str(p) for p in loc)
     if loc and loc[0] == "environments" and len(loc) > 1 and isinstance(loc[1], int):
         envs = data.get("environments", [])
         name = envs[loc[1]].get("name", loc[1]) if loc[1] < len(envs) else loc[1]

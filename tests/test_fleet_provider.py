@@ -169,3 +169,41 @@ async def test_a_tool_list_of_a_fleet_episode_is_the_instance_list_unchanged() -
                 via_proxy = (await c.list_tools()).tools
         assert all(isinstance(tool, t.Tool) for tool in via_proxy)
         assert {tool.name for tool in via_proxy} >= {"list_projects", "get_issue", "close_issue"}
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(180)
+async def test_a_fleet_task_is_verified_remotely_through_the_platform(tmp_path: Any) -> None:
+    import json
+
+    from fleet_mcp_proxy.demo import DEMO_TASKS
+
+    key = "tracker-jpy-reporter"
+    async with running_emulator(KEY) as emu:
+        run_id = f"test-{uuid.uuid4().hex[:10]}"
+        overrides = {
+            "fleet": {"run_id": run_id, "api_key": KEY, "base_url": emu.base_url},
+            "tasks_file": str(DEMO_TASKS),
+            "store_path": str(tmp_path / "episodes.sqlite3"),
+        }
+        config = load_config(overrides=overrides, environ={})
+        updated = anyio.Event()
+
+        async def on_message(message: object) -> None:
+            if isinstance(message, t.ResourceUpdatedNotification):
+                updated.set()
+
+        async with proxy_http(config) as proxy:
+            async with http_client(f"{proxy.url}?task={key}", message_handler=on_message) as c:
+                with anyio.fail_after(120):
+                    await c.list_tools()
+                    (record,) = live(emu, run_id)  # the task's environment is a Fleet instance
+                    await c.subscribe_resource("fleet://episode/current/reward")
+                    found = await c.call_tool("search_issues", {"query": "JPY"})
+                    assert not found.is_error
+                    await c.call_tool("submit_final_answer", {"answer": "bob"})
+                    await updated.wait()
+                    read = await c.read_resource("fleet://episode/current/reward")
+                    reward = json.loads(read.contents[0].text)  # type: ignore[union-attr]
+            assert reward["reward"] == 1.0 and reward["execution_id"], reward
+            assert emu.requests("POST", "/v1/verifiers/execute") >= 1
