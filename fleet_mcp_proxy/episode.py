@@ -39,6 +39,7 @@ from .providers.base import Instance, Provider, ProvisionError
 from .recorder import Recorder, now
 from .resources import EPISODE_PREFIX
 from .roundtrip import PendingCall
+from .synthetic.context import CallLog, ContextSettings, OutputStore, tool_definitions
 from .synthetic.submit import SUBMIT_TOOL
 from .tasks import Task
 
@@ -75,10 +76,16 @@ class Episode:
         partial_reward: bool = False,
         verify_timeout: float = 300.0,
         recorder: Recorder | None = None,
+        context: ContextSettings | None = None,
     ) -> None:
         self.key = key
         self.task = task
-        self._synthetic: tuple[dict[str, Any], ...] = (SUBMIT_TOOL,) if submit_tool else ()
+        self.context = context
+        self.outputs = OutputStore.for_settings(context) if context is not None else None
+        self.call_log = CallLog() if context is not None else None
+        synthetic = [SUBMIT_TOOL] if submit_tool else []
+        synthetic += tool_definitions(context) if context is not None else []
+        self._synthetic: tuple[dict[str, Any], ...] = tuple(synthetic)
         self._partial_reward = partial_reward
         self._verify_timeout = verify_timeout
         self.outcome = Outcome(on_change=self.resource_changed)

@@ -16,6 +16,7 @@ from .config import EnvironmentConfig, ProxyConfig
 from .episode import Episode
 from .providers.base import Provider
 from .recorder import Recorder, now
+from .synthetic.context import ContextSettings
 from .tasks import Task, data_spec, fleet_spec, wants_submit_tool
 
 logger = logging.getLogger(__name__)
@@ -94,11 +95,26 @@ class Registry:
             partial_reward=self.config.partial_reward,
             verify_timeout=self.config.verify_timeout,
             recorder=self.recorder,
+            context=self._context_for(task),
         )
         self.episodes[key] = episode
         self.recorder.emit("open_episode", episode.id, principal, task.task_key if task else None, now())
         logger.info("episode %s opened%s", episode.id, f" for task {task.task_key}" if task else "")
         return episode
+
+    def _context_for(self, task: Task | None) -> ContextSettings | None:
+        """Large-output handling and the context tools: for task episodes unless configured otherwise."""
+        ctx = self.config.context
+        if ctx.enabled == "never" or (ctx.enabled == "auto" and task is None):
+            return None
+        return ContextSettings(
+            budget_chars=ctx.budget_chars,
+            max_outputs=ctx.max_outputs,
+            max_bytes=ctx.max_bytes,
+            page_size=ctx.page_size,
+            max_page_size=max(ctx.page_size, 50_000),
+            tools=frozenset(ctx.tools),
+        )
 
     def _task(self, task_key: str) -> Task:
         task = self.tasks.get(task_key)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from mcp import MCPError
 from mcp_types import INVALID_PARAMS
 
+from .synthetic.context import OUTPUT_URI_PREFIX, read_output_resource
+
 if TYPE_CHECKING:
     from .episode import Episode
 
@@ -92,6 +94,10 @@ def read_resource(episode: Episode, uri: str) -> dict[str, Any]:
             body = {"task_key": episode.task.task_key, "prompt": episode.task.prompt, "env_key": episode.task.env_key}
     elif uri.startswith(INSTANCE_PREFIX) and uri.removeprefix(INSTANCE_PREFIX) in episode.environments:
         body = _instance_json(episode, uri.removeprefix(INSTANCE_PREFIX))
+    elif uri.startswith(OUTPUT_URI_PREFIX) and episode.outputs is not None:
+        output = read_output_resource(episode.outputs, uri)
+        if output is not None:
+            return output
     if body is None:
         raise MCPError(INVALID_PARAMS, f"Unknown resource: {uri}")
     text = json.dumps(body, sort_keys=True)

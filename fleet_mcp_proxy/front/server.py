@@ -28,7 +28,8 @@ from ..providers.pool import InstancePool
 from ..recorder import Recorder, default_store_path, now
 from ..registry import Registry
 from ..store import CallRecord, EpisodeStore, open_store
-from ..synthetic.submit import submitted_result
+from ..synthetic.context import ContextExtra, handle, truncate_result
+from ..synthetic.submit import SUBMIT_TOOL_NAME, submitted_result
 from ..tasks import Task
 from . import handlers as h
 from .episodes import Ctx, ProxyState, StateHolder, episode_for, ready_episode
@@ -70,11 +71,16 @@ async def call_tool(ctx: Ctx, params: t.CallToolRequestParams) -> HandlerResult:
     if route is None:
         raise MCPError(t.INVALID_PARAMS, f"Unknown tool: {params.name}")
     if route.alias is None:
-        return await _submit(episode, ctx)
+        if params.name == SUBMIT_TOOL_NAME:
+            return await _submit(episode, ctx)
+        return _context_tool(episode, params)
     if episode.outcome.finished:
         return tool_error("This episode is finished: an answer was submitted. Start a new episode to continue.")
     started, clock = now(), anyio.current_time()
     result = await forward_tool_call(ctx, episode, route, params.name)
+    if episode.context is not None and episode.outputs is not None and episode.call_log is not None:
+        result = truncate_result(result, params.name, episode.outputs, episode.context)
+        episode.call_log.record(params.name, params.arguments, result)
     is_error = result.get("isError") is True
     if is_error:
         episode.outcome.record_tool_error(params.name, _first_text(result))
@@ -104,6 +110,20 @@ def _first_text(result: dict[str, Any]) -> str:
         if isinstance(item, dict) and isinstance(item.get("text"), str):
             return str(item["text"])
     return "Tool execution failed"
+
+
+def _context_tool(episode: Episode, params: t.CallToolRequestParams) -> HandlerResult:
+    if episode.context is None or episode.outputs is None or episode.call_log is None:
+        raise MCPError(t.INVALID_PARAMS, f"Unknown tool: {params.name}")
+    submitted = "submitted" if episode.outcome.finished else "not submitted"
+    return handle(
+        params.name,
+        params.arguments,
+        store=episode.outputs,
+        log=episode.call_log,
+        settings=episode.context,
+        extra=ContextExtra(submission_state=submitted),
+    )
 
 
 async def _submit(episode: Episode, ctx: Ctx) -> HandlerResult:
