@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, get_args
 
@@ -70,30 +71,37 @@ async def call_tool(ctx: Ctx, params: t.CallToolRequestParams) -> HandlerResult:
     route = episode.tools.route(params.name)
     if route is None:
         raise MCPError(t.INVALID_PARAMS, f"Unknown tool: {params.name}")
+    started, clock = now(), anyio.current_time()
     if route.alias is None:
-        if params.name == SUBMIT_TOOL_NAME:
-            return await _submit(episode, ctx)
-        return _context_tool(episode, params)
+        answer = await _submit(episode, ctx) if params.name == SUBMIT_TOOL_NAME else _context_tool(episode, params)
+        _record(episode, params, answer, started, clock)
+        return answer
     if episode.outcome.finished:
         return tool_error("This episode is finished: an answer was submitted. Start a new episode to continue.")
-    started, clock = now(), anyio.current_time()
     result = await forward_tool_call(ctx, episode, route, params.name)
     if episode.context is not None and episode.outputs is not None and episode.call_log is not None:
         result = truncate_result(result, params.name, episode.outputs, episode.context)
         episode.call_log.record(params.name, params.arguments, result)
-    is_error = result.get("isError") is True
-    if is_error:
+    if result.get("isError") is True:
         episode.outcome.record_tool_error(params.name, _first_text(result))
+    _record(episode, params, result, started, clock)
+    return result
+
+
+def _record(
+    episode: Episode, params: t.CallToolRequestParams, result: HandlerResult, started: datetime, clock: float
+) -> None:
+    """Every tool call the agent made, synthetic ones included, goes into the episode record."""
+    body = result if isinstance(result, dict) else {}
     call = CallRecord(
         tool=params.name,
         arguments=params.arguments or {},
-        result_bytes=_size(result),
-        is_error=is_error,
+        result_bytes=_size(body),
+        is_error=body.get("isError") is True,
         started_at=started,
         duration_ms=round((anyio.current_time() - clock) * 1000, 3),
     )
     episode.recorder.emit("add_call", episode.id, call)
-    return result
 
 
 def _size(result: dict[str, Any]) -> int:
