@@ -92,3 +92,24 @@ async def test_a_plain_episode_has_no_context_tools_and_no_truncation() -> None:
             assert not names & {"view_tool_output", "search_tool_output", "search_history"}
             big = await c.call_tool("big", {"size": 100_000})
             assert _text(big) == "x" * 100_000
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_concurrent_large_outputs_fill_the_store_and_evict_the_oldest() -> None:
+    async with proxy_http(_context_config(budget_chars=1_000, max_outputs=5)) as proxy, http_client(proxy.url) as c:
+        with anyio.fail_after(60):
+            await c.list_tools()
+            notices: list[str] = []
+
+            async def one(size: int) -> None:
+                notices.append(_text(await c.call_tool("big", {"size": size})))
+
+            async with anyio.create_task_group() as tg:
+                for n in range(20):
+                    tg.start_soon(one, 5_000 + n)
+            ids = sorted({word.strip('".,()') for text in notices for word in text.split() if word.startswith("out-")})
+            assert len(notices) == 20 and len(ids) == 20, "every truncated output got its own id"
+            kept = [i for i in ids if not (await c.call_tool("view_tool_output", {"output_id": i})).is_error]
+            assert len(kept) == 5, kept
+            assert sorted(kept, key=lambda i: int(i.split("-")[1])) == [f"out-{n}" for n in range(16, 21)]
