@@ -30,11 +30,21 @@ class RetryUnacceptedTransport(httpx2.AsyncBaseTransport):
         self._timeout = timeout
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        # The fast path: one attempt, no retry machinery, for the (nearly always) healthy case.
+        try:
+            first = await self._inner.handle_async_request(request)
+        except (httpx2.ConnectError, httpx2.ConnectTimeout):
+            if self._attempts < 2:
+                raise
+        else:
+            if first.status_code not in _NOT_ACCEPTED or self._attempts < 2:
+                return first
+            await first.aclose()
         response: httpx2.Response | None = None
         try:
             async for attempt in stamina.retry_context(
                 on=(httpx2.ConnectError, httpx2.ConnectTimeout, _NotAccepted),
-                attempts=self._attempts,
+                attempts=self._attempts - 1,  # the fast path above was the first
                 timeout=self._timeout,
                 wait_initial=0.2,
                 wait_max=2.0,
