@@ -46,18 +46,16 @@ def _outcome_error(exc: Exception, exposed: str, alias: str, timeout: float) -> 
 async def _tracked_call(episode: Episode, alias: str, caller: Caller, link: BackendLink, params: dict[str, Any]) -> Any:
     callers = episode.callers.setdefault(alias, [])
     callers.append(caller)
-    episode.inflight += 1
     try:
-        return await link.request(
-            "tools/call",
-            params,
-            timeout=episode.environments[alias].call_timeout,
-            on_progress=caller.progress if caller.wants_progress else None,
-        )
+        with episode.busy():
+            return await link.request(
+                "tools/call",
+                params,
+                timeout=episode.environments[alias].call_timeout,
+                on_progress=caller.progress if caller.wants_progress else None,
+            )
     finally:
         callers.remove(caller)
-        episode.inflight -= 1
-        episode.touch()
 
 
 async def forward_tool_call(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -121,6 +122,16 @@ class Episode:
     def touch(self) -> None:
         self.last_active = anyio.current_time()
 
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """A request is being served: the idle reaper leaves the episode alone until it is done."""
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+            self.touch()
+
     def attach(self, conn: Connection) -> None:
         """Send this connection the episode's standalone notifications."""
         if conn not in self.connections:
@@ -156,12 +167,8 @@ class Episode:
         if flight is None or flight.done.is_set():
             flight = self._flight = _Flight()
             self._tg.start_soon(self._provision, flight)
-        self.inflight += 1  # a request waiting on provisioning is not idle
-        try:
+        with self.busy():  # a request waiting on provisioning is not idle
             await flight.done.wait()
-        finally:
-            self.inflight -= 1
-            self.touch()
         if self.ended is not None:
             raise EpisodeEnded(self._ended_message())
         if flight.error is not None:
@@ -184,10 +191,6 @@ class Episode:
             flight.done.set()
 
     async def _provision_one(self, env: EnvironmentConfig, errors: list[str]) -> None:
-        stale = self.instances.pop(env.name, None)
-        self.links.pop(env.name, None)
-        if stale is not None:
-            await self._release(stale)
         try:
             instance = await self._provider.provision(env, self.id, partial(self._lost, env.name))
         except ProvisionError as exc:
@@ -250,9 +253,9 @@ class Episode:
             if callers:
                 await callers[-1].log(notification.params)
             else:
+                params = notification.params.model_dump(by_alias=True, exclude_none=True)
                 for conn in list(self.connections):
-                    p = notification.params
-                    await conn.notify("notifications/message", p.model_dump(by_alias=True, exclude_none=True))
+                    await conn.notify("notifications/message", params)
             return
         if isinstance(notification, t.ToolListChangedNotification):
             await self._relist(alias, "tools")
@@ -295,8 +298,8 @@ class Episode:
             self.recorder.emit("set_submission", self.id, submission.answer, submission.at)
         elif name == "reward":
             self.recorder.emit("set_result", self.id, self.outcome.reward_json(), self.outcome.verifier_json())
-        for conn in list(self.connections):
-            if uri in self.subscribed:
+        if uri in self.subscribed:
+            for conn in list(self.connections):
                 await conn.send_resource_updated(uri)
         await self.bus.publish(ResourceUpdated(uri=uri))
 

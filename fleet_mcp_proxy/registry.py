@@ -67,6 +67,15 @@ class Registry:
         self.on_end: list[Callable[[Episode], Awaitable[None]]] = []
         self.closing = False
         self.tasks: dict[str, Task] = dict(tasks or {})
+        ctx = config.context
+        self._context = ContextSettings(
+            budget_chars=ctx.budget_chars,
+            max_outputs=ctx.max_outputs,
+            max_bytes=ctx.max_bytes,
+            page_size=ctx.page_size,
+            max_page_size=max(ctx.page_size, 50_000),
+            tools=frozenset(ctx.tools),
+        )
 
     def open(self, key: str, principal: str, task_key: str | None = None) -> Episode:
         """The live episode for `key`, created (nothing provisioned) on first use, bound to `task_key`.
@@ -104,17 +113,8 @@ class Registry:
 
     def _context_for(self, task: Task | None) -> ContextSettings | None:
         """Large-output handling and the context tools: for task episodes unless configured otherwise."""
-        ctx = self.config.context
-        if ctx.enabled == "never" or (ctx.enabled == "auto" and task is None):
-            return None
-        return ContextSettings(
-            budget_chars=ctx.budget_chars,
-            max_outputs=ctx.max_outputs,
-            max_bytes=ctx.max_bytes,
-            page_size=ctx.page_size,
-            max_page_size=max(ctx.page_size, 50_000),
-            tools=frozenset(ctx.tools),
-        )
+        enabled = self.config.context.enabled
+        return None if enabled == "never" or (enabled == "auto" and task is None) else self._context
 
     def _task(self, task_key: str) -> Task:
         task = self.tasks.get(task_key)

@@ -72,22 +72,26 @@ async def read_resource(ctx: Ctx, params: t.ReadResourceRequestParams) -> Handle
 
 
 async def subscribe(ctx: Ctx, params: t.SubscribeRequestParams) -> HandlerResult:
-    if proxy_resources.is_proxy_uri(str(params.uri)):
-        proxy_resources.read_resource(episode_for(ctx), str(params.uri))  # unknown URIs are refused
-        episode_for(ctx).subscribed.add(str(params.uri))
-        return {}
-    episode = await ready_episode(ctx)
-    alias, original = _route_uri(episode, str(params.uri))
-    return await _forward(episode, alias, "resources/subscribe", forward_params(ctx.params, uri=original))
+    return await _subscription(ctx, str(params.uri), "resources/subscribe")
 
 
 async def unsubscribe(ctx: Ctx, params: t.UnsubscribeRequestParams) -> HandlerResult:
-    if proxy_resources.is_proxy_uri(str(params.uri)):
-        episode_for(ctx).subscribed.discard(str(params.uri))
+    return await _subscription(ctx, str(params.uri), "resources/unsubscribe")
+
+
+async def _subscription(ctx: Ctx, uri: str, method: str) -> HandlerResult:
+    """The proxy's own URIs are tracked per episode; every other one is forwarded to its backend."""
+    if proxy_resources.is_proxy_uri(uri):
+        episode = episode_for(ctx)
+        if method == "resources/subscribe":
+            proxy_resources.read_resource(episode, uri)  # unknown URIs are refused
+            episode.subscribed.add(uri)
+        else:
+            episode.subscribed.discard(uri)
         return {}
     episode = await ready_episode(ctx)
-    alias, original = _route_uri(episode, str(params.uri))
-    return await _forward(episode, alias, "resources/unsubscribe", forward_params(ctx.params, uri=original))
+    alias, original = _route_uri(episode, uri)
+    return await _forward(episode, alias, method, forward_params(ctx.params, uri=original))
 
 
 async def complete(ctx: Ctx, params: t.CompleteRequestParams) -> HandlerResult:
@@ -122,12 +126,8 @@ async def listen(ctx: Ctx, params: t.SubscriptionsListenRequestParams) -> Handle
 
 
 async def _forward(episode: Episode, alias: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    episode.inflight += 1
     try:
-        link = episode.link(alias)
-        return await link.request(method, params, timeout=episode.environments[alias].call_timeout)
+        with episode.busy():
+            return await episode.link(alias).request(method, params, timeout=episode.environments[alias].call_timeout)
     except BackendGone as exc:
         raise MCPError(t.INTERNAL_ERROR, str(exc)) from None
-    finally:
-        episode.inflight -= 1
-        episode.touch()

@@ -9,7 +9,6 @@ instance it already made. Every SDK outcome is classified once (`fleet_errors`).
 from __future__ import annotations
 
 import logging
-import socket
 import uuid
 from datetime import datetime
 from typing import Any
@@ -32,12 +31,6 @@ from .leases import Beat, LeaseLost
 
 logger = logging.getLogger(__name__)
 CREATE_TAG = "FMP_CREATE_ID"  # marks which create made an instance, to reconcile lost responses
-
-
-def default_run_id() -> str:
-    """Stable across restarts of the same deployment, so an orphan sweep finds what a crash left."""
-    host = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname().lower())[:40]
-    return f"fmp-{host or 'local'}"
 
 
 def _client(settings: FleetSettings, *, retries: int, timeout: float) -> AsyncFleet:
@@ -66,11 +59,9 @@ def _split(spec: str) -> tuple[str, str | None]:
     return key, version or None
 
 
-def _ttl_from(reply: Any) -> float | None:
-    interval = getattr(reply, "interval_seconds", None)
-    if isinstance(interval, int | float) and interval > 0:
-        return float(interval) * 2
-    return None
+def _lease_ttl(interval: object) -> float | None:
+    """The platform stops an instance two heartbeat intervals after its last beat."""
+    return float(interval) * 2 if isinstance(interval, int | float) and interval > 0 else None
 
 
 class _NotReady(Exception):
@@ -88,7 +79,9 @@ class FleetProvider:
 
     def __init__(self, settings: FleetSettings) -> None:
         self.settings = settings
-        self.run_id = settings.run_id or default_run_id()
+        if not settings.run_id:
+            raise ValueError("FleetProvider needs the deployment's run_id (see pool.run_id_for)")
+        self.run_id = settings.run_id
         self._fleet = _client(settings, retries=settings.max_retries, timeout=settings.request_timeout)
         # Heartbeats: no transport retries (the lease keeper retries), short timeouts.
         self._beats = _client(settings, retries=0, timeout=10.0)
@@ -203,8 +196,7 @@ class FleetProvider:
 
     # -- leases ----------------------------------------------------------------------------------------------
     def ttl_of(self, env: EnvironmentConfig) -> float | None:
-        interval = env.heartbeat_interval or self.settings.heartbeat_interval
-        return float(interval) * 2 if interval else None
+        return _lease_ttl(env.heartbeat_interval or self.settings.heartbeat_interval)
 
     async def heartbeat(self, instance: Instance) -> Beat:
         try:
@@ -219,7 +211,7 @@ class FleetProvider:
         deadline = getattr(reply, "deadline_timestamp", None)
         if isinstance(deadline, int | float):
             return Beat(ttl=max(1.0, deadline - datetime.now().timestamp()))
-        return Beat(ttl=_ttl_from(reply))
+        return Beat(ttl=_lease_ttl(getattr(reply, "interval_seconds", None)))
 
     async def delete(self, instance: Instance) -> None:
         await self._delete_id(instance.instance_id)
