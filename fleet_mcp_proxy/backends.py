@@ -20,6 +20,7 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from .fastlane.target import LaneTarget
 from .providers.base import HttpTarget, Instance, StdioTarget
 from .transport import RetryUnacceptedTransport
 
@@ -78,6 +79,8 @@ class BackendLink:
         self.lists: dict[str, list[dict[str, Any]]] = {key: [] for key in _LIST_METHODS}
         self.capabilities: t.ServerCapabilities | None = None
         self.failure: str | None = None
+        self._http: RetryUnacceptedTransport | None = None
+        self._lane: LaneTarget | None = None
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
 
@@ -113,6 +116,8 @@ class BackendLink:
             )
         finally:
             self._session = None
+            if self._lane is not None:
+                await self._lane.pool.aclose()
             self._stopped.set()
             if not started:
                 task_status.started()
@@ -126,10 +131,9 @@ class BackendLink:
             )
         else:
             assert isinstance(target, HttpTarget)
+            self._http = RetryUnacceptedTransport(httpx2.AsyncHTTPTransport())
             http = httpx2.AsyncClient(
-                headers=dict(target.headers),
-                timeout=httpx2.Timeout(30.0, read=None),
-                transport=RetryUnacceptedTransport(httpx2.AsyncHTTPTransport()),
+                headers=dict(target.headers), timeout=httpx2.Timeout(30.0, read=None), transport=self._http
             )
             stack.push_async_callback(http.aclose)
             # No SSE event ceiling: a 10 MiB tool result is one event.
@@ -150,6 +154,19 @@ class BackendLink:
         self._stop.set()
         with anyio.move_on_after(timeout, shield=True):
             await self._stopped.wait()
+
+    def lane_target(self) -> LaneTarget | None:
+        """Where the fast lane can send this backend's tool calls: its HTTP session, once settled."""
+        if self._lane is None and self._http is not None and self._http.session_id and self.alive:
+            target = self.instance.target
+            assert isinstance(target, HttpTarget)
+            try:
+                self._lane = LaneTarget.for_session(
+                    target.url, target.headers, self._http.session_id, self._http.protocol_version
+                )
+            except ValueError:  # not plain http(s): the SDK path serves it
+                return None
+        return self._lane if self.alive else None
 
     # -- requests --------------------------------------------------------------------------------------------
     async def request(

@@ -9,10 +9,12 @@ import mcp_types as t
 from mcp import MCPError
 from mcp.server import ServerRequestContext
 
+from . import telemetry
 from .backends import BackendGone, BackendLink
 from .catalog import Route
 from .episode import Episode
 from .forwarding import Caller, forward_params, tool_error
+from .progress import keepalive
 from .roundtrip import PendingCall
 
 # What the SDK's HTTP client reports when the backend answered an HTTP error instead of JSON-RPC: the
@@ -24,23 +26,47 @@ _TRANSPORT_ERRORS = frozenset(
 
 def _outcome_error(exc: Exception, exposed: str, alias: str, timeout: float) -> dict[str, Any]:
     """Map a failed backend call to a tool error, or re-raise what the backend itself answered."""
+    if telemetry.ON:
+        telemetry.note_call_failure(_failure_kind(exc))
     if isinstance(exc, BackendGone):
         return tool_error(str(exc))
     if isinstance(exc, MCPError) and exc.code == t.REQUEST_TIMEOUT:
-        return tool_error(
-            f"The tool '{exposed}' did not finish within {timeout:g} s; it was cancelled, "
-            "and whether it took effect is unknown."
-        )
+        return tool_error(timeout_message(exposed, timeout))
     if isinstance(exc, MCPError) and (exc.code, exc.message) in _TRANSPORT_ERRORS:
-        return tool_error(
-            f"The environment '{alias}' could not be reached while running '{exposed}'; "
-            "the outcome of this call is unknown."
-        )
+        return tool_error(unreachable_message(alias, exposed))
     if isinstance(exc, MCPError) and exc.code == t.CONNECTION_CLOSED:
-        return tool_error(
-            f"The environment '{alias}' stopped while running '{exposed}'; the outcome of this call is unknown."
-        )
+        return tool_error(stopped_message(alias, exposed))
     raise exc
+
+
+def timeout_message(exposed: str, timeout: float) -> str:
+    return (
+        f"The tool '{exposed}' did not finish within {timeout:g} s; it was cancelled, "
+        "and whether it took effect is unknown."
+    )
+
+
+def unreachable_message(alias: str, exposed: str) -> str:
+    return (
+        f"The environment '{alias}' could not be reached while running '{exposed}'; "
+        "the outcome of this call is unknown."
+    )
+
+
+def stopped_message(alias: str, exposed: str) -> str:
+    return f"The environment '{alias}' stopped while running '{exposed}'; the outcome of this call is unknown."
+
+
+def _failure_kind(exc: Exception) -> str:
+    if isinstance(exc, MCPError) and exc.code == t.REQUEST_TIMEOUT:
+        return "timeout"
+    if (
+        isinstance(exc, MCPError)
+        and exc.code != t.CONNECTION_CLOSED
+        and (exc.code, exc.message) not in _TRANSPORT_ERRORS
+    ):
+        return "protocol_error"  # the backend's own answer, re-raised to the client
+    return "transport_error"
 
 
 async def _tracked_call(episode: Episode, alias: str, caller: Caller, link: BackendLink, params: dict[str, Any]) -> Any:
@@ -48,12 +74,16 @@ async def _tracked_call(episode: Episode, alias: str, caller: Caller, link: Back
     callers.append(caller)
     try:
         with episode.busy():
-            return await link.request(
+            call = link.request(
                 "tools/call",
                 params,
                 timeout=episode.environments[alias].call_timeout,
                 on_progress=caller.progress if caller.wants_progress else None,
             )
+            if caller.sender is not None and episode.keepalive_interval > 0:
+                # Only with a progress token: beats keep an idle-timing load balancer from cutting a silent call.
+                return await keepalive(call, caller.sender, episode.keepalive_interval, f"{alias}: {params['name']}")
+            return await call
     finally:
         callers.remove(caller)
 

@@ -13,12 +13,13 @@ import anyio
 import uvicorn
 from mcp.shared.exceptions import MCPDeprecationWarning
 
-from . import __version__, episodes_cli
-from .config import ConfigError, EnvironmentConfig, ProxyConfig, load_config
+from . import __version__, episodes_cli, ops_cli, telemetry
+from .config import TOKEN_ENV, ConfigError, EnvironmentConfig, ProxyConfig, check_exposure, is_loopback, load_config
 from .demo import DEMO_TASKS
 from .front.episodes import StateHolder
 from .front.http import build_app
 from .front.server import build_server
+from .front.slowclients import uvicorn_config
 from .front.stdio import serve_stdio
 from .providers.local import INSTANCE_DIR
 from .tasks import Task, TaskFileError, load_tasks
@@ -84,7 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tasks", metavar="FILE", help="Fleet task export (JSON array or JSONL) episodes can bind")
     serve.add_argument("--task", metavar="KEY", help="bind every episode to this task (stdio: the process's episode)")
     serve.add_argument("--log-level", default="INFO", help="stderr log level (default INFO)")
+    serve.add_argument(
+        "--telemetry",
+        action="store_true",
+        help="spans and metrics through logfire (to Logfire with LOGFIRE_TOKEN, or OTEL_EXPORTER_OTLP_ENDPOINT); "
+        "on by default when LOGFIRE_TOKEN is set",
+    )
     episodes_cli.add_commands(commands)
+    ops_cli.add_commands(commands)
     return parser
 
 
@@ -104,7 +112,14 @@ async def _serve_http(config: ProxyConfig, tasks: dict[str, Task]) -> None:
     app = build_app(config, server, holder)
     sock = _bind(config.host, config.port)
     port = sock.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False))
+    uv = uvicorn.Server(uvicorn_config(app, config))
+    if not is_loopback(config.host) and not config.auth.enabled:
+        logger.warning(
+            "serving %s without client authentication: anyone who reaches it can spend instances "
+            "(set tokens under [auth] or %s)",
+            config.host,
+            TOKEN_ENV,
+        )
     print(
         f"fleet-mcp-proxy {__version__} listening on http://{config.host}:{port}/mcp",
         file=sys.stderr,
@@ -122,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "episodes":
         return episodes_cli.run(args)
+    if args.command in ("doctor", "sweep"):
+        return ops_cli.run(args, environments_of)
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=MCPDeprecationWarning)  # logging/sampling relays use them on purpose
     try:
@@ -141,9 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         tasks = tasks_for(config)
         if config.task is not None and config.task not in tasks:
             raise ConfigError("--task", config.task, "no such task (load it with --tasks FILE)")
+        if not args.stdio:
+            check_exposure(config)
     except (ConfigError, TaskFileError) as exc:
         print(f"fleet-mcp-proxy: configuration error: {exc}", file=sys.stderr)
         return 2
+    telemetry.setup(config.telemetry.model_copy(update={"enabled": True}) if args.telemetry else config.telemetry)
     try:
         anyio.run(_serve_stdio if args.stdio else _serve_http, config, tasks)
     except KeyboardInterrupt:
@@ -151,4 +171,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"fleet-mcp-proxy: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr)
         return 1
+    finally:
+        telemetry.shutdown()
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shlex
@@ -13,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .catalog import validate_alias
+from .identifiers import is_env_spec, is_principal
 
 Modality = Literal["tool_use", "computer_use"]
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -69,8 +71,10 @@ class EnvironmentConfig(_Frozen):
                 "give exactly one of 'command' (a local MCP server over stdio), 'url' (streamable HTTP) "
                 "or 'fleet' (a Fleet environment key, ENV_KEY[:VERSION])"
             )
-        if self.fleet is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[A-Za-z0-9._-]+)?$", self.fleet):
+        if self.fleet is not None and not is_env_spec(self.fleet):
             raise ValueError(f"'fleet' must look like ENV_KEY or ENV_KEY:VERSION (got {self.fleet!r})")
+        if self.data is not None and not is_env_spec(self.data):
+            raise ValueError(f"'data' must look like DATA_KEY or DATA_KEY:VERSION (got {self.data!r})")
         if self.command is not None and not self.command:
             raise ValueError("'command' is empty")
         if self.url is not None and not re.match(r"^https?://", self.url):
@@ -95,6 +99,18 @@ class FleetSettings(_Frozen):
     provision_timeout: float = Field(default=600.0, gt=0)
     request_timeout: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=4, ge=0, le=20)
+    retry_backoff: float = Field(default=0.5, gt=0, le=60)  # first transport retry wait; doubles, jittered
+    retry_budget_ratio: float = Field(default=0.2, ge=0, le=1)  # retries in flight <= ratio x provisions
+    retry_budget_min: int = Field(default=3, ge=0)  # ... or this many, whichever is more
+    breaker_failures: int = Field(default=5, ge=1)  # consecutive failed calls that open the breaker
+    breaker_open_seconds: float = Field(default=30.0, gt=0)  # first open interval; doubles per failed probe
+    breaker_max_open_seconds: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _breaker_order(self) -> FleetSettings:
+        if self.breaker_max_open_seconds < self.breaker_open_seconds:
+            raise ValueError("breaker_max_open_seconds must be at least breaker_open_seconds")
+        return self
 
     @field_validator("base_url")
     @classmethod
@@ -113,12 +129,51 @@ class ContextConfig(_Frozen):
     tools: tuple[str, ...] = ("view_tool_output", "search_tool_output", "search_history")
 
 
+class TelemetryConfig(_Frozen):
+    """logfire spans and metrics: off unless enabled here, by `--telemetry`, or by LOGFIRE_TOKEN being set."""
+
+    enabled: bool | None = None  # None: on exactly when LOGFIRE_TOKEN is set; false: off even then
+    service_name: str = "fleet-mcp-proxy"
+    environment: str | None = None  # e.g. "prod" or "staging", shown in Logfire
+    console: bool = False  # also print spans to stderr (never stdout: in stdio mode that is the protocol)
+
+
+TOKEN_ENV = "FLEET_MCP_PROXY_TOKEN"  # one client token from the environment, for principal "default"
+
+
+class AuthConfig(_Frozen):
+    """Inbound bearer tokens for the HTTP front, principal name -> token. No tokens: auth is off."""
+
+    tokens: Mapping[str, str] = Field(default_factory=dict, repr=False)
+
+    @field_validator("tokens")
+    @classmethod
+    def _strong(cls, value: Mapping[str, str]) -> Mapping[str, str]:
+        # Messages never quote a token: config errors are printed and logged.
+        for principal, token in value.items():
+            if not is_principal(principal):
+                raise ValueError(f"principal {principal!r} must be 1 to 64 letters, digits, '.', '_' or '-'")
+            if len(token) < 16 or any(not 0x21 <= ord(c) <= 0x7E for c in token):
+                raise ValueError(
+                    f"the token of principal '{principal}' must be at least 16 visible ASCII characters "
+                    "without spaces (e.g. `openssl rand -hex 32`)"
+                )
+        if len(set(value.values())) != len(value):
+            raise ValueError("two principals share one token: give each its own")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens)
+
+
 class ProxyConfig(_Frozen):
     """Everything the proxy needs to run; built once by `load_config`."""
 
     environments: tuple[EnvironmentConfig, ...] = ()
     fleet: FleetSettings = Field(default_factory=FleetSettings)
     context: ContextConfig = Field(default_factory=ContextConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     idle_timeout: float = Field(default=900.0, gt=0)
@@ -126,7 +181,14 @@ class ProxyConfig(_Frozen):
     modality: Modality | None = None
     end_timeout: float = Field(default=30.0, gt=0)
     max_sessions: int = Field(default=10_000, gt=0)
-    max_request_body: int = Field(default=4 * 1024 * 1024, gt=0)
+    max_request_body: int = Field(default=1024 * 1024, gt=0)  # MCP requests are small JSON
+    fast_lane: bool = True  # forward plain handshake-era tool calls raw (front/lane.py)
+    header_timeout: float = Field(default=10.0, gt=0)  # request line + headers must arrive within this
+    limit_concurrency: int | None = Field(default=1000, gt=0)  # connections + requests; beyond: 503
+    max_episodes_per_principal: int = Field(default=1000, ge=0)  # 0: unlimited
+    max_calls_per_principal: int = Field(default=1000, ge=0)  # tool calls in flight; 0: unlimited
+    max_leases_per_principal: int = Field(default=1000, ge=0)  # instances held; 0: unlimited
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     store_path: str | None = None  # the episode record; default $XDG_STATE_HOME/fleet-mcp-proxy/...
     record_episodes: bool = True
     tasks_file: str | None = None
@@ -134,6 +196,8 @@ class ProxyConfig(_Frozen):
     submit_tool: Literal["auto", "always", "never"] = "auto"
     partial_reward: bool = False
     verify_timeout: float = Field(default=300.0, gt=0)
+    progress_interval: float = Field(default=3.0, ge=0)  # reports while a request waits for provisioning; 0: none
+    keepalive_interval: float = Field(default=15.0, ge=0)  # progress beats on a silent tool call with a token; 0: none
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     source: str = Field(default="<defaults>", exclude=True)
@@ -146,6 +210,30 @@ class ProxyConfig(_Frozen):
                 raise ValueError(f"environment {env.name!r} is defined twice")
             seen.add(env.name)
         return self
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(config: ProxyConfig) -> None:
+    """An HTTP bind beyond loopback must name the Host values it answers to (DNS-rebinding defence).
+
+    Raises:
+        ConfigError: naming `proxy.allowed_hosts`.
+    """
+    if not is_loopback(config.host) and not config.allowed_hosts:
+        raise ConfigError(
+            config.source,
+            "proxy.allowed_hosts",
+            f"binding {config.host} (not loopback) needs an explicit list of the Host values clients use, "
+            'e.g. allowed_hosts = ["proxy.example.com:8000"] under [proxy]',
+        )
 
 
 def parse_env_arg(text: str) -> dict[str, Any]:
@@ -187,16 +275,22 @@ def _read_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError(where, "", "file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(where, "", f"not valid TOML ({exc})") from None
-    unknown = set(raw) - {"proxy", "env", "fleet", "context"}
+    unknown = set(raw) - {"proxy", "env", "fleet", "context", "telemetry", "auth"}
     if unknown:
         raise ConfigError(
-            where, sorted(unknown)[0], "unknown section (expected [proxy], [fleet], [context] and [env.NAME])"
+            where,
+            sorted(unknown)[0],
+            "unknown section (expected [proxy], [auth], [fleet], [context], [telemetry] and [env.NAME])",
         )
     data: dict[str, Any] = dict(_interpolate(raw.get("proxy", {}), where, "proxy", environ))
     if "fleet" in raw:
         data["fleet"] = _interpolate(raw["fleet"], where, "fleet", environ)
     if "context" in raw:
         data["context"] = raw["context"]
+    if "telemetry" in raw:
+        data["telemetry"] = raw["telemetry"]
+    if "auth" in raw:
+        data["auth"] = _interpolate(raw["auth"], where, "auth", environ)
     envs = raw.get("env", {})
     if not isinstance(envs, dict):
         raise ConfigError(where, "env", "must be a table of [env.NAME] sections")
@@ -208,7 +302,7 @@ def _read_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
 
 def _key_of(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
     """Turn a pydantic error location into the key a person wrote in the file."""
-    if loc and loc[0] in ("fleet", "context"):
+    if loc and loc[0] in ("fleet", "context", "telemetry", "auth"):
         return ".".join(str(p) for p in loc)
     if loc and loc[0] == "environments" and len(loc) > 1 and isinstance(loc[1], int):
         envs = data.get("environments", [])
@@ -240,6 +334,10 @@ def load_config(
     fleet.setdefault("api_key", environ.get("FLEET_API_KEY") or None)
     fleet.setdefault("base_url", environ.get("FLEET_BASE_URL") or None)
     data["fleet"] = fleet
+    auth = dict(data.get("auth") or {})
+    if environ.get(TOKEN_ENV):
+        auth["tokens"] = {"default": environ[TOKEN_ENV], **(auth.get("tokens") or {})}
+    data["auth"] = auth
     try:
         config = ProxyConfig.model_validate({**data, "source": where})
     except ValidationError as exc:

@@ -24,6 +24,7 @@ from mcp.server.subscriptions import (
     ToolsListChanged,
 )
 
+from . import telemetry
 from .backends import BackendGone, BackendLink
 from .catalog import (
     PromptCatalog,
@@ -37,6 +38,7 @@ from .config import EnvironmentConfig, Modality
 from .forwarding import Caller
 from .outcome import Execute, Outcome
 from .providers.base import Instance, Provider, ProvisionError
+from .provision_latency import PROVISIONING
 from .recorder import Recorder, now
 from .resources import EPISODE_PREFIX
 from .roundtrip import PendingCall
@@ -78,8 +80,12 @@ class Episode:
         verify_timeout: float = 300.0,
         recorder: Recorder | None = None,
         context: ContextSettings | None = None,
+        progress_interval: float = 3.0,
+        keepalive_interval: float = 15.0,
     ) -> None:
         self.key = key
+        self.progress_interval = progress_interval  # reports to a request waiting for provisioning
+        self.keepalive_interval = keepalive_interval  # progress beats on a silent tool call
         self.task = task
         self.context = context
         self.outputs = OutputStore.for_settings(context) if context is not None else None
@@ -191,6 +197,21 @@ class Episode:
             flight.done.set()
 
     async def _provision_one(self, env: EnvironmentConfig, errors: list[str]) -> None:
+        if not telemetry.ON:
+            await self._start_one(env, errors)
+            return
+        mine: list[str] = []
+        with telemetry.provision(self.id, env.name, env.kind) as step:
+            await self._start_one(env, mine)
+            if mine:
+                step.fail("provision")
+            instance = self.instances.get(env.name)
+            provider = instance.provider if instance is not None else env.kind
+            telemetry.provisioned(step, env.name, provider, instance.instance_id if instance else None)
+        errors.extend(mine)
+
+    async def _start_one(self, env: EnvironmentConfig, errors: list[str]) -> None:
+        started = anyio.current_time()
         try:
             instance = await self._provider.provision(env, self.id, partial(self._lost, env.name))
         except ProvisionError as exc:
@@ -205,6 +226,7 @@ class Episode:
             await self._release(instance)
             return
         self.links[env.name] = link
+        PROVISIONING.record(env.name, instance.provider, anyio.current_time() - started)
         spec = env.fleet if env.fleet is not None else env.kind  # never a command line: it may hold secrets
         self.recorder.emit("add_instance", self.id, env.name, instance.instance_id, instance.provider, spec, now())
         if self.ended is not None:  # ended while we were starting it: it must not outlive the episode
@@ -320,8 +342,13 @@ class Episode:
     async def verify(self, trigger: str) -> None:
         """Verify once (submit, close or explicit); bounded; the reward resource is updated."""
         execute, reason = self._verifier()
-        with anyio.move_on_after(self._verify_timeout + 60) as scope:
-            await self.outcome.verify(execute, trigger=trigger, reason_if_none=reason, partial=self._partial_reward)
+        with telemetry.verify(self.id, trigger) as step, anyio.move_on_after(self._verify_timeout + 60) as scope:
+            reward = await self.outcome.verify(
+                execute, trigger=trigger, reason_if_none=reason, partial=self._partial_reward
+            )
+            step.set(reward_status=reward.status, reward=reward.reward, failure_reason=reward.failure_reason)
+            if reward.reward is None:
+                step.fail(reward.failure_reason or "unknown")
         if scope.cancelled_caught:
             logger.warning("episode %s: verification did not finish in time", self.id)
 
@@ -355,6 +382,11 @@ class Episode:
             self.connections.clear()
             self._end_done.set()
             logger.info("episode %s ended: %s", self.id, reason)
+            if telemetry.ON:
+                reward = self.outcome.reward
+                telemetry.episode_ended(
+                    self.id, reason, reward.reward if reward else None, reward.status if reward else None
+                )
 
     async def _release(self, instance: Instance) -> None:
         try:

@@ -12,6 +12,7 @@ from mcp.server import ServerRequestContext
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from .progress import ProgressSender, sender_for
 from .roundtrip import PendingCall
 
 _RESERVED_META = "io.modelcontextprotocol/"
@@ -21,22 +22,29 @@ _FRONT_ONLY = frozenset({"inputResponses", "requestState", "_meta"})
 class Caller:
     """The upstream request a backend call is made for."""
 
-    __slots__ = ("_ctx", "modern", "pending", "wants_progress")
+    __slots__ = ("_ctx", "modern", "pending", "sender", "wants_progress")
 
     def __init__(self, ctx: ServerRequestContext[Any, Any]) -> None:
         self._ctx = ctx
         self.modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
         self.wants_progress = bool(ctx.meta and ctx.meta.get("progress_token") is not None)
+        # Only a request with a progress token needs one: it keeps the values monotonic across relays and beats.
+        self.sender: ProgressSender | None = sender_for(ctx) if self.wants_progress else None
         self.pending: PendingCall | None = None
 
     def rebind(self, ctx: ServerRequestContext[Any, Any]) -> None:
         """A 2026-07-28 retry continues the call: progress now rides the new request."""
         self._ctx = ctx
+        if self.sender is not None:
+            self.sender.ctx = ctx
 
     async def progress(self, progress: float, total: float | None, message: str | None) -> None:
-        await self._ctx.session.report_progress(progress, total, message)
+        if self.sender is not None:
+            await self.sender.relay(progress, total, message)
 
     async def log(self, params: t.LoggingMessageNotificationParams) -> None:
+        if self.sender is not None:
+            self.sender.heard()
         await self._ctx.session.send_log_message(
             params.level, params.data, params.logger, related_request_id=self._ctx.request_id
         )

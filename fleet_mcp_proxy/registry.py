@@ -11,6 +11,7 @@ import anyio.abc
 from mcp import MCPError
 from mcp_types import INVALID_PARAMS
 
+from . import telemetry
 from .catalog import alias_from
 from .config import EnvironmentConfig, ProxyConfig
 from .episode import Episode
@@ -105,8 +106,12 @@ class Registry:
             verify_timeout=self.config.verify_timeout,
             recorder=self.recorder,
             context=self._context_for(task),
+            progress_interval=self.config.progress_interval,
+            keepalive_interval=self.config.keepalive_interval,
         )
         self.episodes[key] = episode
+        if telemetry.ON:
+            telemetry.episode_opened(episode.id, task.task_key if task else None, list(episode.environments))
         self.recorder.emit("open_episode", episode.id, principal, task.task_key if task else None, now())
         logger.info("episode %s opened%s", episode.id, f" for task {task.task_key}" if task else "")
         return episode

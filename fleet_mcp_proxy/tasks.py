@@ -30,6 +30,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from .catalog import Modality
+from .identifiers import is_env_spec, is_version
 
 SUBMIT_TOOL_NAME = "submit_final_answer"
 SubmitRule = Literal["auto", "always", "never"]
@@ -122,6 +123,11 @@ def _check_value(name: str, key: str, value: Any) -> str:
         raise TaskEntryError(key, "must not be empty")
     if name == "modality" and value not in _MODALITIES:
         raise TaskEntryError(key, f"must be one of {', '.join(map(repr, _MODALITIES))}, not {value!r}")
+    # These reach Fleet's API (the SDK splits and interpolates them): refuse anything but plain names.
+    if name in ("env_key", "data_key") and not is_env_spec(value):
+        raise TaskEntryError(key, f"must look like KEY or KEY:VERSION (letters, digits, '.', '_', '-'), not {value!r}")
+    if name in ("version", "data_version") and not is_version(value):
+        raise TaskEntryError(key, f"must be 1 to 128 letters, digits, '.', '_' or '-', not {value!r}")
     return value
 
 

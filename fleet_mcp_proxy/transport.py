@@ -28,8 +28,15 @@ class RetryUnacceptedTransport(httpx2.AsyncBaseTransport):
         self._inner = inner
         self._attempts = attempts
         self._timeout = timeout
+        # What the SDK client settled with the server, for the fast lane's requests on the same session.
+        self.session_id: str | None = None
+        self.protocol_version: str | None = None
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        headers = request.headers
+        if "mcp-session-id" in headers:
+            self.session_id = headers["mcp-session-id"]
+            self.protocol_version = headers.get("mcp-protocol-version")
         # The fast path: one attempt, no retry machinery, for the (nearly always) healthy case.
         try:
             first = await self._inner.handle_async_request(request)

@@ -24,6 +24,7 @@ from fleet_mcp_proxy.config import ProxyConfig, load_config
 from fleet_mcp_proxy.front.episodes import ProxyState, StateHolder
 from fleet_mcp_proxy.front.http import build_app
 from fleet_mcp_proxy.front.server import build_server
+from fleet_mcp_proxy.front.slowclients import uvicorn_config
 
 ROOT = Path(__file__).resolve().parent.parent
 KITCHEN = ROOT / "tests" / "backends" / "kitchen.py"
@@ -92,7 +93,7 @@ async def proxy_http(config: ProxyConfig) -> AsyncIterator[RunningProxy]:
     app = build_app(config, server, holder)
     sock = _bind("127.0.0.1", 0)
     sock.listen(128)  # connections queue until uvicorn accepts: no polling for readiness
-    uv = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
+    uv = uvicorn.Server(uvicorn_config(app, config))  # what `serve` runs: header deadline, concurrency cap
     uv.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     async with anyio.create_task_group() as tg:
         tg.start_soon(uv.serve, [sock])

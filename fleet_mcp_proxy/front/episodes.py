@@ -10,7 +10,6 @@ import anyio.abc
 import mcp_types as t
 from mcp import MCPError
 from mcp.server import ServerRequestContext
-from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.connection import Connection
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
@@ -20,7 +19,10 @@ from ..providers.base import ProvisionError
 from ..providers.pool import InstancePool
 from ..recorder import Recorder
 from ..registry import Registry
+from .auth import current_principal
 from .identity import RequestIdentity, episode_key, episode_slot, task_key
+from .limits import PrincipalLimits
+from .waiting import wait_ready
 
 Ctx = ServerRequestContext[Any, Any]
 
@@ -34,6 +36,14 @@ class ProxyState:
     task_group: anyio.abc.TaskGroup
     pool: InstancePool
     recorder: Recorder
+    limits: PrincipalLimits = field(default_factory=PrincipalLimits)
+
+    def __post_init__(self) -> None:
+        self.limits = PrincipalLimits.from_config(self.config)
+        self.registry.on_end.append(self._release_leases)
+
+    async def _release_leases(self, episode: Episode) -> None:
+        self.limits.release(episode.id)
 
 
 @dataclass
@@ -42,6 +52,7 @@ class StateHolder:
 
     state: ProxyState | None = None
     started: anyio.Event = field(default_factory=anyio.Event)
+    lane: Any = None  # the HTTP front's FastLane, when on: its `served` count is an operator figure
 
 
 def connection_of(ctx: Ctx) -> Connection:
@@ -54,12 +65,10 @@ def connection_of(ctx: Ctx) -> Connection:
 def _identity(ctx: Ctx) -> RequestIdentity:
     request = ctx.request
     assert request is not None
-    token = get_access_token()
-    principal = token.client_id if token is not None else "anonymous"
     key = episode_key(request.query_params, request.headers)
     modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
     session_id = None if modern else connection_of(ctx).session_id
-    return RequestIdentity(principal, key, session_id, modern)
+    return RequestIdentity(current_principal(), key, session_id, modern)
 
 
 def episode_for(ctx: Ctx) -> Episode:
@@ -75,6 +84,10 @@ def episode_for(ctx: Ctx) -> Episode:
         identity = _identity(ctx)
         slot = episode_slot(identity, default_episode=state.config.default_episode)
         requested = task_key(ctx.request.query_params, ctx.request.headers) or state.config.task
+        if slot not in registry.episodes:
+            refusal = state.limits.episode_refusal(identity.principal, registry.episodes.values())
+            if refusal is not None:
+                raise MCPError(t.INVALID_REQUEST, refusal)
         episode = registry.open(slot, identity.principal, requested)
         if identity.session_id is not None:
             episode.session_ids.add(identity.session_id)
@@ -94,10 +107,25 @@ async def _connection_closed(registry: Registry, episode: Episode, conn: Connect
         registry.schedule_end(episode.key, "session closed")
 
 
+def reserve_instances(ctx: Ctx, episode: Episode) -> None:
+    """Count the episode's instances against its principal's cap before it first provisions (a dict lookup after).
+
+    Raises:
+        ProvisionError: the cap would be exceeded; the message names `max_leases_per_principal`.
+    """
+    if episode.ended is not None:  # its end already released what it held; ready() says it is over
+        return
+    state: ProxyState = ctx.lifespan_context
+    refusal = state.limits.reserve(episode.id, episode.principal, len(episode.environments))
+    if refusal is not None:
+        raise ProvisionError(refusal)
+
+
 async def ready_episode(ctx: Ctx) -> Episode:
     episode = episode_for(ctx)
     try:
-        await episode.ready()
+        reserve_instances(ctx, episode)
+        await wait_ready(ctx, episode)
     except EpisodeEnded as exc:
         raise MCPError(t.INVALID_REQUEST, str(exc)) from None
     except ProvisionError as exc:

@@ -1,4 +1,4 @@
-"""The streamable-HTTP front: `/mcp` behind Host/Origin checks, plus `/healthz`."""
+"""The streamable-HTTP front: `/mcp` behind Host/Origin checks, plus `/healthz` and the operator routes."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,8 +19,11 @@ from starlette.types import Receive, Scope, Send
 
 from ..config import ProxyConfig
 from ..episode import Episode
+from .auth import auth_middleware, current_principal
+from .dashboard import routes as operator_routes
 from .episodes import StateHolder
 from .identity import episode_key
+from .lane import FastLane
 from .server import ProxyServer
 
 logger = logging.getLogger(__name__)
@@ -37,6 +40,12 @@ def security_settings(config: ProxyConfig) -> TransportSecuritySettings:
     )
 
 
+def session_not_found() -> Response:
+    """Byte for byte the SDK's answer to an unknown session id, so no 404 tells apart why it was given."""
+    body = JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=INVALID_REQUEST, message="Session not found"))
+    return Response(body.model_dump_json(by_alias=True, exclude_unset=True), 404, media_type="application/json")
+
+
 def _jsonrpc_error(status: int, code: int, message: str) -> Response:
     body = {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
     return Response(json.dumps(body), status_code=status, media_type="application/json")
@@ -45,10 +54,11 @@ def _jsonrpc_error(status: int, code: int, message: str) -> Response:
 class McpEndpoint:
     """Wraps the SDK's session manager with what the episode model adds to plain sessions."""
 
-    def __init__(self, manager: StreamableHTTPSessionManager, holder: StateHolder) -> None:
+    def __init__(self, manager: StreamableHTTPSessionManager, holder: StateHolder, lane: FastLane | None) -> None:
         self._manager = manager
         self._asgi = StreamableHTTPASGIApp(manager)
         self._holder = holder
+        self.lane = lane
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
@@ -61,16 +71,20 @@ class McpEndpoint:
         session_id = request.headers.get("mcp-session-id")
         if state is not None and session_id is not None and session_id in state.registry.ended_sessions:
             # The episode behind this session is over (idle timeout): the client must start afresh.
-            await _jsonrpc_error(404, -32600, "Session not found")(scope, receive, send)
+            await session_not_found()(scope, receive, send)
             return
         if request.method == "DELETE" and key is not None and session_id is None and state is not None:
             # The explicit end of a keyed episode. A DELETE that carries a session id ends only that
             # transport session: SDK clients send one on every clean exit, and the key outlives them.
-            token = get_access_token()
-            principal = token.client_id if token is not None else "anonymous"
-            state.registry.schedule_end(f"key:{principal}:{key}", "ended by the client")
+            # Keys live in the caller's own namespace: another principal's key is simply not found here.
+            state.registry.schedule_end(f"key:{current_principal()}:{key}", "ended by the client")
             await Response(status_code=204)(scope, receive, send)
             return
+        if self.lane is not None and session_id is not None and request.method == "POST":
+            replay = await self.lane.serve(request, receive, send, key, session_id)
+            if replay is None:
+                return
+            receive = replay
         await self._asgi(scope, receive, send)
 
     async def terminate_sessions(self, episode: Episode) -> None:
@@ -92,7 +106,13 @@ def build_app(config: ProxyConfig, server: ProxyServer, holder: StateHolder) -> 
         max_sessions=config.max_sessions,
         max_request_body_size=config.max_request_body,
     )
-    endpoint = McpEndpoint(manager, holder)
+    lane = None
+    if config.fast_lane:
+        lane = FastLane(
+            manager, holder, TransportSecurityMiddleware(security_settings(config)), body_limit=config.max_request_body
+        )
+    holder.lane = lane
+    endpoint = McpEndpoint(manager, holder, lane)
 
     async def episode_record(request: Request) -> Response:
         state = holder.state
@@ -100,7 +120,8 @@ def build_app(config: ProxyConfig, server: ProxyServer, holder: StateHolder) -> 
         if store is None:
             return JSONResponse({"error": "episodes are not recorded by this proxy"}, status_code=404)
         record = await store.get(request.path_params["episode_id"])
-        if record is None:
+        # With auth on, another principal's record answers exactly like a missing one.
+        if record is None or (config.auth.enabled and record.principal != current_principal()):
             return JSONResponse({"error": "no such episode"}, status_code=404)
         return JSONResponse(record.to_json())
 
@@ -121,6 +142,8 @@ def build_app(config: ProxyConfig, server: ProxyServer, holder: StateHolder) -> 
             Route("/mcp", endpoint=endpoint, methods=["GET", "POST", "DELETE"]),
             Route("/healthz", healthz),
             Route("/episodes/{episode_id:str}", episode_record),
+            *operator_routes(holder, security_settings(config)),  # /readyz, /status, /dashboard
         ],
         lifespan=lifespan,
+        middleware=auth_middleware(config.auth),  # app-wide: every route but the health probes
     )

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mcp import MCPError
 from mcp_types import INVALID_PARAMS, INVALID_REQUEST
 
+from ..identifiers import is_episode_key
+
 EPISODE_HEADER = "fleet-episode"
 EPISODE_QUERY = "episode"
 TASK_HEADER = "fleet-task"
 TASK_QUERY = "task"
-_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 KEYLESS_MODERN = (
     "This proxy gives every agent episode its own environments, so a 2026-07-28 request must name its "
@@ -39,7 +39,7 @@ def _key(query: Mapping[str, str], headers: Mapping[str, str], name: str, header
     if from_query is not None and from_header is not None and from_query != from_header:
         raise MCPError(INVALID_PARAMS, f"The {name} key in the URL and the {label} header differ.")
     key = from_query if from_query is not None else from_header
-    if key is not None and not _KEY.match(key):
+    if key is not None and not is_episode_key(key):  # in full: `$` would let a trailing newline through
         raise MCPError(INVALID_PARAMS, f"The {name} key must be 1 to 128 letters, digits, '.', '_', ':' or '-'.")
     return key
 

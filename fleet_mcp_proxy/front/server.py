@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any, get_args
 
@@ -19,7 +18,7 @@ from mcp.server.models import InitializationOptions
 from mcp_types.methods import CacheableMethod
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from .. import __version__
+from .. import __version__, telemetry
 from ..calls import forward_tool_call
 from ..config import EnvironmentConfig, ProxyConfig
 from ..episode import Episode, EpisodeEnded
@@ -28,13 +27,15 @@ from ..providers.base import ProvisionError
 from ..providers.pool import InstancePool
 from ..recorder import Recorder, default_store_path, now
 from ..registry import Registry
-from ..store import CallRecord, EpisodeStore, open_store
-from ..synthetic.context import ContextExtra, handle, truncate_result
+from ..store import EpisodeStore, open_store
+from ..synthetic.context import ContextExtra, handle
 from ..synthetic.submit import SUBMIT_TOOL_NAME, submitted_result
 from ..tasks import Task
 from . import handlers as h
-from .episodes import Ctx, ProxyState, StateHolder, episode_for, ready_episode
+from .episodes import Ctx, ProxyState, StateHolder, episode_for, ready_episode, reserve_instances
 from .identity import episode_key, task_key
+from .toolresult import finish_forwarded, record_call
+from .waiting import wait_ready
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ async def list_tools(ctx: Ctx, params: t.PaginatedRequestParams) -> HandlerResul
 async def call_tool(ctx: Ctx, params: t.CallToolRequestParams) -> HandlerResult:
     episode = episode_for(ctx)
     try:
-        await episode.ready()
+        reserve_instances(ctx, episode)  # max_leases_per_principal: a dict lookup once reserved
+        await wait_ready(ctx, episode)
     except (EpisodeEnded, ProvisionError) as exc:
         # The agent reads tool results, not protocol errors: say what happened there.
         prefix = "" if isinstance(exc, EpisodeEnded) else "The environments could not be started: "
@@ -74,50 +76,27 @@ async def call_tool(ctx: Ctx, params: t.CallToolRequestParams) -> HandlerResult:
     started, clock = now(), anyio.current_time()
     if route.alias is None:
         answer = await _submit(episode, ctx) if params.name == SUBMIT_TOOL_NAME else _context_tool(episode, params)
-        _record(episode, params, answer, started, clock)
+        record_call(episode, params.name, params.arguments, answer, started, clock)
+        if telemetry.ON:
+            telemetry.tool_call(episode.id, None, params.name, answer, clock)
         return answer
     if episode.outcome.finished:
         return tool_error("This episode is finished: an answer was submitted. Start a new episode to continue.")
-    result = await forward_tool_call(ctx, episode, route, params.name)
-    if episode.context is not None and episode.outputs is not None and episode.call_log is not None:
-        result = truncate_result(result, params.name, episode.outputs, episode.context)
-        episode.call_log.record(params.name, params.arguments, result)
-    if result.get("isError") is True:
-        episode.outcome.record_tool_error(params.name, _first_text(result))
-    _record(episode, params, result, started, clock)
-    return result
-
-
-def _record(
-    episode: Episode, params: t.CallToolRequestParams, result: HandlerResult, started: datetime, clock: float
-) -> None:
-    """Every tool call the agent made, synthetic ones included, goes into the episode record."""
-    body = result if isinstance(result, dict) else {}
-    call = CallRecord(
-        tool=params.name,
-        arguments=params.arguments or {},
-        result_bytes=_size(body),
-        is_error=body.get("isError") is True,
-        started_at=started,
-        duration_ms=round((anyio.current_time() - clock) * 1000, 3),
-    )
-    episode.recorder.emit("add_call", episode.id, call)
-
-
-def _size(result: dict[str, Any]) -> int:
-    """Characters of text and base64 data: cheap, and no re-serialization of what passes through."""
-    total = 0
-    for item in result.get("content") or []:
-        if isinstance(item, dict):
-            total += len(item.get("text") or "") + len(item.get("data") or "")
-    return total
-
-
-def _first_text(result: dict[str, Any]) -> str:
-    for item in result.get("content") or []:
-        if isinstance(item, dict) and isinstance(item.get("text"), str):
-            return str(item["text"])
-    return "Tool execution failed"
+    limits = ctx.lifespan_context.limits
+    refusal = limits.enter_call(episode.principal)  # max_calls_per_principal: a counter, no I/O
+    if refusal is not None:
+        return tool_error(refusal)
+    try:
+        result = await forward_tool_call(ctx, episode, route, params.name)
+    except MCPError:
+        if telemetry.ON:  # the backend answered a protocol error, passed on as such
+            telemetry.tool_call(episode.id, route.alias, params.name, None, clock)
+        raise
+    finally:
+        limits.exit_call(episode.principal)
+    if telemetry.ON:
+        telemetry.tool_call(episode.id, route.alias, params.name, result, clock)
+    return finish_forwarded(episode, params.name, params.arguments, result, started, clock)
 
 
 def _context_tool(episode: Episode, params: t.CallToolRequestParams) -> HandlerResult:

@@ -44,6 +44,7 @@ class Instance:
     provider: str
     target: Target
     data_dir: Path | None = None
+    expires_at: float | None = None  # epoch seconds when the platform stops it whatever happens (its TTL)
 
 
 class ProvisionError(Exception):

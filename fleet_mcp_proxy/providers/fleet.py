@@ -9,6 +9,7 @@ instance it already made. Every SDK outcome is classified once (`fleet_errors`).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import datetime
 from typing import Any
@@ -22,11 +23,14 @@ from httpx_retries import Retry, RetryTransport
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from .. import telemetry
 from ..config import EnvironmentConfig, FleetSettings
 from ..verify.remote import run_remote
 from ..verify.scoring import VerifierRun
 from .base import HttpTarget, Instance, ProvisionError
+from .breaker import CircuitBreaker, FleetUnavailable, RetryBudget
 from .fleet_errors import Kind, classify
+from .fleet_transport import GuardedTransport
 from .leases import Beat, LeaseLost
 
 logger = logging.getLogger(__name__)
@@ -46,6 +50,16 @@ def _client(settings: FleetSettings, *, retries: int, timeout: float) -> AsyncFl
         )
         transport = RetryTransport(transport=transport, retry=policy)
     http = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(timeout, connect=10.0))
+    return AsyncFleet(api_key=settings.api_key, base_url=settings.base_url, httpx_client=http)
+
+
+def _guarded_client(settings: FleetSettings, breaker: CircuitBreaker, budget: RetryBudget) -> AsyncFleet:
+    """The provisioning client: the breaker and the retry budget sit under the SDK (see fleet_transport)."""
+    transport = GuardedTransport(
+        httpx.AsyncHTTPTransport(), breaker, budget, retries=settings.max_retries, backoff=settings.retry_backoff
+    )
+    timeout = httpx.Timeout(settings.request_timeout, connect=10.0)
+    http = httpx.AsyncClient(transport=transport, timeout=timeout)
     return AsyncFleet(api_key=settings.api_key, base_url=settings.base_url, httpx_client=http)
 
 
@@ -82,7 +96,17 @@ class FleetProvider:
         if not settings.run_id:
             raise ValueError("FleetProvider needs the deployment's run_id (see pool.run_id_for)")
         self.run_id = settings.run_id
-        self._fleet = _client(settings, retries=settings.max_retries, timeout=settings.request_timeout)
+        self.breaker = CircuitBreaker(
+            failures=settings.breaker_failures,
+            open_for=settings.breaker_open_seconds,
+            max_open_for=settings.breaker_max_open_seconds,
+        )
+        self.budget = RetryBudget(ratio=settings.retry_budget_ratio, minimum=settings.retry_budget_min)
+        # Provisioning (create, readiness) goes through the breaker and the budget; clean-up (delete,
+        # reconcile, sweep) and verifiers do not: they are few, bounded by their own retries, and must
+        # still try while new provisions are refused.
+        self._fleet = _guarded_client(settings, self.breaker, self.budget)
+        self._ops = _client(settings, retries=settings.max_retries, timeout=settings.request_timeout)
         # Heartbeats: no transport retries (the lease keeper retries), short timeouts.
         self._beats = _client(settings, retries=0, timeout=10.0)
 
@@ -92,7 +116,11 @@ class FleetProvider:
         env_key, _ = _split(env.fleet)
         deadline = self.settings.provision_timeout
         try:
-            with anyio.fail_after(deadline):
+            with (
+                self.budget.provisioning(),
+                telemetry.fleet_step("fleet create", env.name),
+                anyio.fail_after(deadline),
+            ):
                 made = await self._create(env, env_key)
                 instance = self._instance_of(env, made)
         except TimeoutError:
@@ -102,7 +130,7 @@ class FleetProvider:
     async def _create(self, env: EnvironmentConfig, env_key: str) -> Any:
         """One create, retried as a new request while the failure is transient; at most one live instance."""
         async for attempt in stamina.retry_context(
-            on=_Transient, attempts=5, timeout=None, wait_initial=2.0, wait_max=16.0
+            on=_Transient, attempts=5, timeout=None, wait_initial=4 * self.settings.retry_backoff, wait_max=16.0
         ):
             with attempt:
                 return await self._make_once(env, env_key)
@@ -129,6 +157,9 @@ class FleetProvider:
                 await self._reconcile(create_id)
             if outcome.kind is Kind.BUG:
                 logger.error("Fleet SDK failure creating %s: %s", env_key, type(exc).__name__)
+            refusal = self.breaker.refusal()
+            if outcome.kind is Kind.TRANSIENT and refusal is not None:
+                raise ProvisionError(str(refusal)) from None  # Fleet is down: fail fast, no backoff wait
             if outcome.kind is Kind.TRANSIENT:
                 logger.warning("create of %s failed (%s); retrying as a new request", env_key, outcome.message)
                 raise _Transient(outcome.message) from None
@@ -139,7 +170,7 @@ class FleetProvider:
         """A create whose answer was lost may still have made an instance: find it by its tag and delete it."""
         try:
             with anyio.fail_after(self.settings.request_timeout):
-                for env in await self._fleet.instances(run_id=self.run_id):
+                for env in await self._ops.instances(run_id=self.run_id):
                     if (getattr(env, "env_variables", None) or {}).get(CREATE_TAG) == create_id:
                         logger.warning("deleting %s, made by a create whose answer was lost", env.instance_id)
                         await self._delete_id(env.instance_id)
@@ -154,17 +185,21 @@ class FleetProvider:
         root = root if root.endswith("/") else root + "/"
         path = "api/v1/mcp" if env.modality == "computer_use" else "mcp"
         headers = {"Authorization": f"Bearer {self.settings.api_key}"}
-        return Instance(env.name, str(made.instance_id), self.name, HttpTarget(root + path, headers))
+        expires = time.time() + (env.ttl_seconds or self.settings.ttl_seconds)  # the platform counts from the create
+        target = HttpTarget(root + path, headers)
+        return Instance(env.name, str(made.instance_id), self.name, target, expires_at=expires)
 
     async def ready(self, instance: Instance, deadline: float) -> None:
         """Ready: status `running`, and initialize + tools/list answers with at least one tool."""
         assert isinstance(instance.target, HttpTarget)
         try:
-            async for attempt in stamina.retry_context(
-                on=_NotReady, attempts=None, timeout=deadline, wait_initial=0.5, wait_max=5.0
-            ):
-                with attempt:
-                    await self._check_ready(instance)
+            with self.budget.provisioning(), telemetry.fleet_step("fleet ready", instance.alias) as step:
+                async for attempt in stamina.retry_context(
+                    on=_NotReady, attempts=None, timeout=deadline, wait_initial=0.5, wait_max=5.0
+                ):
+                    with attempt:
+                        step.set(polls=attempt.num)
+                        await self._check_ready(instance)
         except _NotReady as exc:
             raise ProvisionError(
                 f"Fleet instance {instance.instance_id} did not become ready within {deadline:g} s ({exc})."
@@ -173,6 +208,8 @@ class FleetProvider:
     async def _check_ready(self, instance: Instance) -> None:
         try:
             status = (await self._fleet.instance(instance.instance_id)).status
+        except FleetUnavailable as exc:
+            raise ProvisionError(str(exc)) from None  # no point polling while Fleet is down
         except Exception as exc:
             raise _NotReady(classify(exc, instance.alias).message) from None
         if status in ("error", "stopped"):
@@ -218,7 +255,7 @@ class FleetProvider:
 
     async def _delete_id(self, instance_id: str) -> None:
         try:
-            await self._fleet.delete(instance_id)
+            await self._ops.delete(instance_id)
         except Exception as exc:
             if getattr(exc, "status_code", None) == 404:
                 return  # already gone: released
@@ -226,7 +263,7 @@ class FleetProvider:
 
     async def orphans(self) -> list[str]:
         """Ids of live instances carrying this deployment's run_id."""
-        found = await self._fleet.instances(run_id=self.run_id)
+        found = await self._ops.instances(run_id=self.run_id)
         return [str(env.instance_id) for env in found if getattr(env, "status", "") in ("pending", "running")]
 
     async def verify_remote(
@@ -234,7 +271,7 @@ class FleetProvider:
     ) -> VerifierRun:
         """The platform's verifier executor, through the SDK's async path."""
         return await run_remote(
-            self._fleet,
+            self._ops,
             instance.instance_id,
             task_key=task.task_key,
             prompt=task.prompt,
@@ -246,8 +283,18 @@ class FleetProvider:
 
     async def aclose(self) -> None:
         await _close(self._fleet)
+        await _close(self._ops)
         await _close(self._beats)
+
+    # -- operator checks (`doctor`) --------------------------------------------------------------------------
+    async def account(self) -> Any:
+        """The team's account (`team_name`, `instance_limit`, `instance_count`): a cheap authenticated call."""
+        return await self._fleet.account()
+
+    async def environment(self, env_key: str) -> Any:
+        """The Fleet environment `env_key` (raises what `classify` maps to 'no such environment')."""
+        return await self._fleet.environment(env_key)
 
     async def delete_run(self) -> int:
         """The last backstop: batch-delete everything tagged with this deployment's run_id."""
-        return len(await self._fleet.close_all(run_id=self.run_id))
+        return len(await self._ops.close_all(run_id=self.run_id))

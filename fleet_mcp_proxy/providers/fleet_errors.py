@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import httpx
 from fleet._async import exceptions as aexc
 
+from .breaker import FleetUnavailable
+
 _TRANSIENT_MARKERS = (
     "health check",
     "timed out",
@@ -52,6 +54,8 @@ def _quoted(text: str) -> str | None:
 
 def classify(exc: BaseException, env_key: str) -> Outcome:
     """Map what a Fleet call raised to what the proxy does about it."""
+    if isinstance(exc, FleetUnavailable):  # the breaker refused: no call went out
+        return Outcome(Kind.FATAL, str(exc))
     name = _name(exc)
     text = str(exc).lower()
     status = getattr(exc, "status_code", None)

@@ -15,6 +15,7 @@ import anyio
 import anyio.abc
 import stamina
 
+from .. import telemetry
 from .base import Instance
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class _Lease:
     instance: Instance
     on_lost: Callable[[str], None] | None
     stop: anyio.Event = field(default_factory=anyio.Event)
+    deadline: float | None = None  # anyio clock: when the platform may stop it without another beat
 
 
 class LeaseKeeper:
@@ -76,8 +78,11 @@ class LeaseKeeper:
     ) -> None:
         """Keep `instance` alive from now on (heartbeats start at once, before readiness)."""
         lease = _Lease(instance, on_lost)
+        if telemetry.ON and instance.instance_id not in self._leases:
+            telemetry.instances_changed(1, instance.provider)
         self._leases[instance.instance_id] = lease
         if heartbeat is not None and ttl is not None:
+            lease.deadline = anyio.current_time() + ttl  # the create counts as the first beat
             self._tg.start_soon(self._beat, lease, heartbeat, ttl)
 
     def release(self, instance: Instance, delete: Delete) -> None:
@@ -85,6 +90,8 @@ class LeaseKeeper:
         lease = self._leases.pop(instance.instance_id, None)
         if lease is not None:
             lease.stop.set()
+            if telemetry.ON:
+                telemetry.instances_changed(-1, instance.provider)
         if instance.instance_id in self._released:
             return
         self._released.add(instance.instance_id)
@@ -102,13 +109,24 @@ class LeaseKeeper:
     def pending(self) -> int:
         return self._pending
 
+    def time_left(self, instance_id: str) -> float | None:
+        """Seconds until the heartbeat lease of a held instance lapses; None when it has no heartbeat lease."""
+        lease = self._leases.get(instance_id)
+        if lease is None or lease.deadline is None:
+            return None
+        return max(0.0, lease.deadline - anyio.current_time())
+
     async def _release(self, instance: Instance, delete: Delete) -> None:
         try:
-            with anyio.CancelScope(shield=True):
+            with (
+                anyio.CancelScope(shield=True),
+                telemetry.release(instance.alias, instance.instance_id, instance.provider) as step,
+            ):
                 async for attempt in stamina.retry_context(
                     on=Exception, attempts=self._release_attempts, timeout=self._release_timeout, wait_max=5.0
                 ):
                     with attempt:
+                        step.set(attempts=attempt.num)
                         await delete(instance)
             logger.info("released %s (%s)", instance.instance_id, instance.alias)
         except Exception:
@@ -129,7 +147,10 @@ class LeaseKeeper:
             if lease.stop.is_set():
                 return
             try:
-                with anyio.fail_after(interval):
+                with (
+                    telemetry.heartbeat(lease.instance.alias, lease.instance.instance_id),
+                    anyio.fail_after(interval),
+                ):
                     beat = await heartbeat(lease.instance)
             except LeaseLost as lost:
                 self._lose(lease, str(lost))
@@ -143,9 +164,12 @@ class LeaseKeeper:
             last_ok = anyio.current_time()
             if beat.ttl is not None and math.isfinite(beat.ttl) and beat.ttl > 0:
                 ttl, interval = beat.ttl, beat_interval(beat.ttl)
+            lease.deadline = last_ok + ttl
 
     def _lose(self, lease: _Lease, reason: str) -> None:
         logger.warning("instance %s (%s) lost: %s", lease.instance.instance_id, lease.instance.alias, reason)
-        self._leases.pop(lease.instance.instance_id, None)
+        if self._leases.pop(lease.instance.instance_id, None) is not None and telemetry.ON:
+            telemetry.instances_changed(-1, lease.instance.provider)
+            telemetry.error("instance_lost")
         if lease.on_lost is not None:
             lease.on_lost(reason)

@@ -3,6 +3,7 @@
     python tests/backends/kitchen.py NAME                 # stdio
     python tests/backends/kitchen.py NAME --http          # streamable HTTP on a free loopback port;
                                                           # prints "READY <url>" on stdout
+    python tests/backends/kitchen.py NAME --start-delay S # answer nothing for S seconds first (a slow start)
 Set KITCHEN_EVENTS=<file> to have it append what it observed (cancellations) to that file.
 """
 
@@ -82,6 +83,11 @@ def build(name: str) -> Server[Any]:
             input_schema={**obj, "properties": {"uri": {"type": "string"}}},
         ),
         t.Tool(name="pid", description="The backend's pid.", input_schema=obj),
+        t.Tool(
+            name="nap",
+            description="Sleep silently, reporting progress only after each of `steps` equal parts (0: never).",
+            input_schema={**obj, "properties": {"seconds": {"type": "number"}, "steps": {"type": "integer"}}},
+        ),
         t.Tool(name="crash", description="Exit mid-call.", input_schema=obj),
         t.Tool(name=f"only_{name}", description="Unique to this backend.", input_schema=obj),
     ]
@@ -162,6 +168,13 @@ def build(name: str) -> Server[Any]:
             return t.CallToolResult(content=_text("touched"))
         if p.name == "pid":
             return t.CallToolResult(content=_text(str(os.getpid())), structured_content={"pid": os.getpid()})
+        if p.name == "nap":
+            seconds, steps = float(args.get("seconds", 1.0)), int(args.get("steps", 0))
+            for i in range(1, max(steps, 1) + 1):
+                await anyio.sleep(seconds / max(steps, 1))
+                if steps:
+                    await s.report_progress(i, steps, f"part {i}")
+            return t.CallToolResult(content=_text(f"napped {seconds:g} s"))
         if p.name == "crash":
             os._exit(3)
         if p.name == f"only_{name}":
@@ -241,6 +254,8 @@ async def _serve_http(server: Server[Any]) -> None:
 
 async def _main() -> None:
     server = build(sys.argv[1] if len(sys.argv) > 1 else "kitchen")
+    if "--start-delay" in sys.argv:
+        await anyio.sleep(float(sys.argv[sys.argv.index("--start-delay") + 1]))
     if "--http" in sys.argv:
         await _serve_http(server)
         return

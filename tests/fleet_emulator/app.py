@@ -6,6 +6,8 @@ Admin endpoints (no API key; loopback clients only):
 * `POST /_emulator/clock/advance?seconds=N`: move the clock forward and apply expiry.
 * `POST /_emulator/instances/{id}/kill[?status=error|stopped]`: the instance dies; its MCP endpoint goes dead.
 * `POST /_emulator/instance_limit?value=N`: change the instance limit.
+* `POST /_emulator/instances/{id}/misbehave?mode=hang|garbage|off`: everything under the instance's root
+  hangs (never answers) or answers broken JSON-RPC, while its record stays `running`.
 """
 
 from __future__ import annotations
@@ -65,6 +67,19 @@ def admin_routes(emu: Emulator) -> list[Route]:
         record = await emu.kill_instance(request.path_params["instance_id"], status)
         return JSONResponse(record.to_state())
 
+    async def misbehave(request: Request) -> Response:
+        loopback_only(request)
+        instance_id = request.path_params["instance_id"]
+        mode = request.query_params.get("mode", "hang")
+        if mode not in ("hang", "garbage", "off"):
+            raise ApiError(400, "Invalid request: mode must be hang, garbage or off")
+        emu.state.get(instance_id)  # 404 for an unknown instance
+        if mode == "off":
+            emu.misbehaving.pop(instance_id, None)
+        else:
+            emu.misbehaving[instance_id] = mode
+        return JSONResponse({"instance_id": instance_id, "mode": mode})
+
     async def instance_limit(request: Request) -> Response:
         loopback_only(request)
         emu.state.instance_limit = int(_number(request, "value"))
@@ -75,6 +90,7 @@ def admin_routes(emu: Emulator) -> list[Route]:
         Route("/_emulator/faults", faults, methods=["POST"]),
         Route("/_emulator/clock/advance", advance, methods=["POST"]),
         Route("/_emulator/instances/{instance_id}/kill", kill, methods=["POST"]),
+        Route("/_emulator/instances/{instance_id}/misbehave", misbehave, methods=["POST"]),
         Route("/_emulator/instance_limit", instance_limit, methods=["POST"]),
     ]
 

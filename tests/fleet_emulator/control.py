@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -72,6 +73,8 @@ def routes(emu: Emulator) -> list[Route]:
         return _instance(request, emu.state.get(request.path_params["instance_id"]))
 
     async def delete_instance(request: Request) -> Response:
+        if (delay := emu.faults.slow_delete()) > 0:
+            await anyio.sleep(delay)
         return _instance(request, await emu.delete(request.path_params["instance_id"]))
 
     async def delete_batch(request: Request) -> Response:

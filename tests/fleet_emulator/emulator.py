@@ -69,6 +69,7 @@ class Emulator:
         self.hosts = HostPool()
         self.bundles = BundleStore()  # verifier bundles and executions (verifiers.py)
         self.started = anyio.Event()
+        self.misbehaving: dict[str, str] = {}  # instance id -> "hang" | "garbage" (front.py)
         self._tg: TaskGroup | None = None
 
         from .app import build_app  # app.py imports this module for typing only

@@ -32,6 +32,8 @@ class Faults:
     create_health_check_status: int = 503
     create_drop_after_commit_rate: float = 0.0  # instance made and request id bound, then the socket is cut
     provision_delay: float = 0.0  # clock seconds an instance stays `pending` after its create
+    delete_latency: float = 0.0  # real seconds a slow delete takes before it answers
+    delete_latency_count: int = 0  # how many of the next deletes are slow (counts down)
     verifier_failure_rate: float = 0.0  # a verifier execution answers success=false without running (verifiers.py)
     verifier_judge_error_rate: float = 0.0  # a successful execution gets a `JUDGE ERROR:` line and a fabricated 0
     match: str | None = None
@@ -52,8 +54,8 @@ class Faults:
         low, high = self.latency if isinstance(self.latency, tuple) else (self.latency, self.latency)
         if not 0.0 <= low <= high:
             raise ValueError(f"latency must be seconds >= 0 or a (low, high) range, not {self.latency!r}")
-        if self.provision_delay < 0:
-            raise ValueError("provision_delay must be >= 0")
+        if self.provision_delay < 0 or self.delete_latency < 0 or self.delete_latency_count < 0:
+            raise ValueError("provision_delay, delete_latency and delete_latency_count must be >= 0")
         if not (500 <= self.status_5xx <= 599 and 500 <= self.create_health_check_status <= 599):
             raise ValueError("5xx statuses must be between 500 and 599")
         if self.match is not None:
@@ -69,6 +71,13 @@ class Faults:
             low, high = self.latency
             return low if low == high else self.rng.uniform(low, high)
         return self.latency
+
+    def slow_delete(self) -> float:
+        """Seconds this delete waits: `delete_latency` for the next `delete_latency_count` deletes, else 0."""
+        if self.delete_latency_count <= 0:
+            return 0.0
+        self.delete_latency_count -= 1
+        return self.delete_latency
 
     def applies_to(self, method: str, path: str) -> bool:
         return self.match is None or re.search(self.match, f"{method} {path}") is not None

@@ -51,10 +51,25 @@ class Front:
             self.emu.state.request_counts[f"{method} {path}"] += 1
         self.emu.sweep()  # expiry is evaluated on every request, whatever the sweeper is doing
         if path.startswith("/v1/"):
-            refusal = await self._gate(scope, method, path)
-            if refusal is not None:
-                await refusal(scope, receive, send)
-                return
+            retry = self.emu.state.traffic.begin(Request(scope).headers.get("x-request-id"))
+            try:
+                await self._serve_v1(scope, receive, send, method, path)
+            finally:
+                self.emu.state.traffic.end(retry)
+            return
+        if path.startswith("/") and (mode := self.emu.misbehaving.get(path.split("/")[1])) is not None:
+            await _misbehave(mode, receive, send)
+            return
+        await self._serve(scope, receive, send)
+
+    async def _serve_v1(self, scope: Scope, receive: Receive, send: Send, method: str, path: str) -> None:
+        refusal = await self._gate(scope, method, path)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         cut = _Drop()
         scope[DROP_KEY] = cut
 
@@ -80,6 +95,17 @@ class Front:
             detail = {"error": "service_unavailable", "message": "Service temporarily unavailable"}
             return JSONResponse({"detail": detail}, status_code=faults.status_5xx)
         return None
+
+
+async def _misbehave(mode: str, receive: Receive, send: Send) -> None:
+    """An instance's whole root gone wrong: `hang` never answers; `garbage` answers 200 with broken JSON-RPC."""
+    if mode == "hang":
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        return
+    body = b'{"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "te'
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _abort(receive: Receive, send: Send) -> None:

@@ -64,6 +64,34 @@ def _positive(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
+@dataclass
+class Traffic:
+    """Control-plane requests in flight, and how many of them repeat an `X-Request-ID` already seen (retries)."""
+
+    seen: set[str] = field(default_factory=set)
+    inflight: int = 0
+    inflight_retries: int = 0
+    peak: int = 0
+    peak_retries: int = 0
+
+    def begin(self, request_id: str | None) -> bool:
+        retry = request_id is not None and request_id in self.seen
+        if request_id is not None:
+            self.seen.add(request_id)
+        self.inflight += 1
+        self.inflight_retries += retry
+        self.peak = max(self.peak, self.inflight)
+        self.peak_retries = max(self.peak_retries, self.inflight_retries)
+        return retry
+
+    def end(self, retry: bool) -> None:
+        self.inflight -= 1
+        self.inflight_retries -= retry
+
+    def to_state(self) -> dict[str, int]:
+        return {"inflight": self.inflight, "peak": self.peak, "peak_retries": self.peak_retries}
+
+
 class EmulatorState:
     """Catalog, instances, request-id bindings and request counts."""
 
@@ -86,6 +114,7 @@ class EmulatorState:
         self.instances: dict[str, InstanceRecord] = {}
         self.request_ids: dict[str, str] = {}
         self.request_counts: Counter[str] = Counter()
+        self.traffic = Traffic()
         self._seq = itertools.count(1)
 
     # -- catalog ---------------------------------------------------------------------------------------
@@ -301,4 +330,5 @@ class EmulatorState:
             "instances": [r.to_state() for r in self.instances.values()],
             "request_ids": dict(self.request_ids),
             "request_counts": dict(self.request_counts),
+            "traffic": self.traffic.to_state(),
         }

@@ -1,0 +1,49 @@
+"""An incremental decoder for the `text/event-stream` bodies MCP servers answer a POST with (pure)."""
+
+from __future__ import annotations
+
+
+class SseDecoder:
+    """Feed bytes as they arrive; get back the `data` of each complete event (the MCP message JSON)."""
+
+    __slots__ = ("_buffer", "_data", "_limit", "_scanned")
+
+    def __init__(self, limit: int | None = None) -> None:
+        self._buffer = bytearray()
+        self._data: list[bytes] = []
+        self._limit = limit
+        self._scanned = 0  # bytes of the buffer known to hold no newline: a 10 MiB line is scanned once
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Complete events' data, in order. Comments, ids, retry hints and empty events are dropped.
+
+        Raises:
+            ValueError: one event grew past the limit.
+        """
+        self._buffer += chunk
+        events: list[bytes] = []
+        while True:
+            end = self._buffer.find(b"\n", self._scanned)
+            if end < 0:
+                self._scanned = len(self._buffer)
+                if self._limit is not None and len(self._buffer) > self._limit:
+                    raise ValueError("an event exceeded the size limit")
+                return events
+            line = bytes(self._buffer[:end]).rstrip(b"\r")
+            del self._buffer[: end + 1]
+            self._scanned = 0
+            if not line:
+                if self._data:
+                    events.append(b"\n".join(self._data))
+                    self._data = []
+                continue
+            field, _, value = line.partition(b":")
+            if field == b"data":
+                self._data.append(value[1:] if value.startswith(b" ") else value)
+                if self._limit is not None and sum(map(len, self._data)) > self._limit:
+                    raise ValueError("an event exceeded the size limit")
+
+
+def encode_event(data: bytes) -> bytes:
+    """One `message` event carrying a single-line JSON payload."""
+    return b"event: message\r\ndata: " + data + b"\r\n\r\n"

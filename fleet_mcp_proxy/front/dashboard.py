@@ -1,0 +1,143 @@
+"""Operator endpoints of the HTTP front: `/readyz`, `/status` (JSON) and `/dashboard` (one HTML page).
+
+They sit in `build_app`'s routes, so the app-wide auth applies (it exempts the health probes). `/status`
+shows a principal only its own episodes when auth names one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from importlib.resources import files
+
+import anyio
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from .. import __version__
+from ..providers.base import Instance
+from ..provision_latency import PROVISIONING
+from ..store import EpisodeRecord, EpisodeStore, EpisodeSummary
+from .episodes import ProxyState, StateHolder
+from .status import StatusInputs, build_status, readiness, visible
+
+logger = logging.getLogger(__name__)
+STORE_TIMEOUT = 2.0  # a probe or a dashboard poll never waits longer on the episode store
+LIVE_RECORDS = 25  # store reads per /status: the most recently active live episodes only
+RECENT_SUMMARIES = 200
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _principal() -> str | None:
+    token = get_access_token()
+    return token.client_id if token is not None else None
+
+
+def _store_state(state: ProxyState) -> str:
+    if state.recorder.store is not None:
+        return "ok"
+    return "unavailable" if state.config.record_episodes else "disabled"
+
+
+def _time_left(state: ProxyState) -> Callable[[Instance], float | None]:
+    """The sooner of the platform's TTL and the heartbeat lease, in seconds; None when neither applies."""
+    keeper = state.pool.keeper
+
+    def left(instance: Instance) -> float | None:
+        candidates = [keeper.time_left(instance.instance_id)]
+        if instance.expires_at is not None:
+            candidates.append(max(0.0, instance.expires_at - time.time()))
+        known = [c for c in candidates if c is not None]
+        return min(known) if known else None
+
+    return left
+
+
+async def _read_store(
+    store: EpisodeStore, ids: list[str], recent_limit: int
+) -> tuple[dict[str, EpisodeRecord], list[EpisodeSummary], str]:
+    records: dict[str, EpisodeRecord] = {}
+    try:
+        with anyio.fail_after(STORE_TIMEOUT):
+            for episode_id in ids:
+                record = await store.get(episode_id)
+                if record is not None:
+                    records[episode_id] = record
+            recent = await store.list(limit=recent_limit)
+    except Exception:  # a slow or broken store degrades the view, never the proxy
+        logger.warning("the episode store did not answer a status read within %g s", STORE_TIMEOUT)
+        return records, [], "unavailable"
+    return records, recent, "ok"
+
+
+def _html() -> str:
+    return files("fleet_mcp_proxy.front").joinpath("dashboard.html").read_text(encoding="utf-8")
+
+
+def routes(holder: StateHolder, security: TransportSecuritySettings) -> list[Route]:
+    """The operator routes; `holder` reaches the state the server lifespan creates.
+
+    `/status` and `/dashboard` get the same Host/Origin checks as `/mcp` (a DNS-rebinding page must not
+    read them); the probes stay open to orchestrators that call them by pod address.
+    """
+    started = time.monotonic()
+    guard = TransportSecurityMiddleware(security)
+    page = _html()  # read once: the file ships inside the package
+
+    async def readyz(request: Request) -> Response:
+        state = holder.state
+        store = "starting"
+        if state is not None:
+            store = _store_state(state)
+            if store == "ok" and state.recorder.store is not None:
+                _, _, store = await _read_store(state.recorder.store, [], 1)
+        ready, body = readiness(
+            started=state is not None,
+            closing=state is not None and state.registry.closing,
+            store=store,
+            fleet="configured" if state is not None and state.pool.fleet is not None else "not used",
+        )
+        return JSONResponse(body, status_code=200 if ready else 503, headers=_NO_STORE)
+
+    async def status(request: Request) -> Response:
+        if (refused := await guard.validate_request(request)) is not None:
+            return refused
+        state = holder.state
+        if state is None:
+            return JSONResponse({"error": "the proxy is starting"}, status_code=503, headers=_NO_STORE)
+        principal = _principal()
+        episodes = visible(list(state.registry.episodes.values()), principal)
+        records: dict[str, EpisodeRecord] = {}
+        recent: list[EpisodeSummary] = []
+        store = _store_state(state)
+        if state.recorder.store is not None:
+            newest = sorted(episodes, key=lambda e: e.last_active, reverse=True)[:LIVE_RECORDS]
+            records, recent, store = await _read_store(state.recorder.store, [e.id for e in newest], RECENT_SUMMARIES)
+        inputs = StatusInputs(
+            version=__version__,
+            uptime=time.monotonic() - started,
+            principal=principal,
+            episodes=episodes,
+            records=records,
+            recent=recent,
+            latencies=PROVISIONING.samples(),
+            time_left=_time_left(state),
+            clock=anyio.current_time(),
+            store=store,
+        )
+        return JSONResponse(build_status(inputs), headers=_NO_STORE)
+
+    async def dashboard(request: Request) -> Response:
+        if (refused := await guard.validate_request(request)) is not None:
+            return refused
+        return HTMLResponse(page, headers=_NO_STORE)
+
+    return [
+        Route("/readyz", readyz),
+        Route("/status", status),
+        Route("/dashboard", dashboard),
+    ]

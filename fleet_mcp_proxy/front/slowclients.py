@@ -1,0 +1,87 @@
+"""Deadlines uvicorn lacks: a connection must deliver its request line and headers within `header_timeout`.
+
+uvicorn (0.54) has no request-start or header timeout (Kludex/uvicorn#157), and its keep-alive timer is
+cancelled by the first byte, so a client trickling one header byte a second holds a connection (and a
+`limit_concurrency` slot) for as long as it likes: slowloris. This h11 protocol subclass starts a timer when a
+connection opens and whenever a new request begins on a kept-alive one, and closes the connection with 408 if
+the headers are not complete when it fires. Bodies are not timed here: their size is capped by
+`max_request_body`, and the request then runs under the proxy's own deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import h11
+import uvicorn
+from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from ..config import ProxyConfig
+
+logger = logging.getLogger(__name__)
+_TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class HeaderDeadlineProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on the request line and headers of every request."""
+
+    header_timeout = 10.0  # set per server by `header_deadline_protocol`
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()  # a connection that never sends a byte is also a slow client
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_timer is None and self.conn.their_state is h11.IDLE:
+            self._arm()  # a new request begins on a kept-alive connection
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm()  # headers complete (or the connection failed): the request runs
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # A pipelined request already partly buffered starts its clock now.
+        if self._header_timer is None and self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._header_timer = self.loop.call_later(self.header_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _expired(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            # Debug only: under a slowloris flood a line per connection would be a flood of its own.
+            logger.debug("closing a connection whose request headers took over %g s", self.header_timeout)
+            self.transport.write(_TIMEOUT_RESPONSE)
+            self.transport.close()
+
+
+def header_deadline_protocol(header_timeout: float) -> type[HeaderDeadlineProtocol]:
+    """The protocol class for one server: uvicorn instantiates it itself, so the deadline rides on the class."""
+    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout": header_timeout})
+
+
+def uvicorn_config(app: ASGIApp, config: ProxyConfig, **options: Any) -> uvicorn.Config:
+    """The one uvicorn configuration the proxy serves with (the CLI and the tests alike)."""
+    settings: dict[str, Any] = {
+        "lifespan": "on",
+        "log_level": "warning",
+        "access_log": False,
+        "http": header_deadline_protocol(config.header_timeout),
+        "limit_concurrency": config.limit_concurrency,  # beyond it: 503 at once, never a hang
+        **options,
+    }
+    return uvicorn.Config(app, **settings)
