@@ -34,8 +34,9 @@ from .catalog import (
     build_resource_catalog,
     build_tool_catalog,
 )
-from .config import EnvironmentConfig, Modality
-from .forwarding import Caller
+from .catalog_cache import CatalogCache, cache_key
+from .config import EnvironmentConfig, FleetSettings, Modality
+from .forwarding import Upstream
 from .outcome import Execute, Outcome
 from .providers.base import Instance, Provider, ProvisionError
 from .provision_latency import PROVISIONING
@@ -82,9 +83,15 @@ class Episode:
         context: ContextSettings | None = None,
         progress_interval: float = 3.0,
         keepalive_interval: float = 15.0,
+        catalog_cache: CatalogCache | None = None,
+        fleet: FleetSettings | None = None,
     ) -> None:
         self.key = key
         self.progress_interval = progress_interval  # reports to a request waiting for provisioning
+        self._catalog_cache = catalog_cache
+        self._cache_keys = {env.name: cache_key(env, modality, fleet) for env in environments}
+        self._served_from_cache = False
+        self._cached_view: list[dict[str, Any]] = []
         self.keepalive_interval = keepalive_interval  # progress beats on a silent tool call
         self.task = task
         self.context = context
@@ -115,7 +122,7 @@ class Episode:
         self.session_ids: set[str] = set()
         self.bus = InMemorySubscriptionBus()
         self.listen = ListenHandler(self.bus)
-        self.callers: dict[str, list[Caller]] = {}
+        self.callers: dict[str, list[Upstream]] = {}
         self.pending: dict[str, PendingCall] = {}
         self.lost: dict[str, str] = {}
         self.inflight = 0
@@ -169,16 +176,48 @@ class Episode:
             raise EpisodeEnded(self._ended_message())
         if self.provisioned:
             return
-        flight = self._flight
-        if flight is None or flight.done.is_set():
-            flight = self._flight = _Flight()
-            self._tg.start_soon(self._provision, flight)
+        flight = self._start_flight()
         with self.busy():  # a request waiting on provisioning is not idle
             await flight.done.wait()
         if self.ended is not None:
             raise EpisodeEnded(self._ended_message())
         if flight.error is not None:
             raise ProvisionError(flight.error)
+
+    def _start_flight(self) -> _Flight:
+        flight = self._flight
+        if flight is None or flight.done.is_set():
+            flight = self._flight = _Flight()
+            self._tg.start_soon(self._provision, flight)
+        return flight
+
+    async def tools_before_ready(self) -> bool:
+        """Serve the tool list from the catalog cache and provision in the background; False on a miss."""
+        if self._catalog_cache is None or self.ended is not None:
+            return False
+        lists: dict[str, list[dict[str, Any]]] = {}
+        for alias, key in self._cache_keys.items():
+            tools = self.links[alias].lists["tools"] if alias in self.links else await self._catalog_cache.get(key)
+            if tools is None:
+                return False
+            lists[alias] = tools
+        if not self.provisioned:
+            self.tools = build_tool_catalog(lists, self._synthetic, self._modality)
+            self._served_from_cache = True
+            self._start_flight()
+        return True
+
+    async def _remember_catalog(self) -> None:
+        """The live lists replace the cached ones; clients served a stale list are told to re-list."""
+        if self._catalog_cache is None:
+            return
+        for alias, key in self._cache_keys.items():
+            link = self.links.get(alias)
+            if link is not None:
+                label = f"{alias} ({self.environments[alias].kind})"
+                await self._catalog_cache.put(key, link.lists["tools"], label)
+        if self._served_from_cache and list(self.tools.tools) != self._cached_view:
+            await self._broadcast("notifications/tools/list_changed", None, ToolsListChanged())
 
     async def _provision(self, flight: _Flight) -> None:
         errors: list[str] = []
@@ -188,7 +227,9 @@ class Episode:
                     if alias not in self.links:
                         tg.start_soon(self._provision_one, env, errors)
             if not errors:
+                self._cached_view = list(self.tools.tools)
                 self._rebuild()
+                await self._remember_catalog()
         except Exception:  # top of a background task: report, never crash the proxy
             logger.exception("provisioning episode %s failed", self.id)
             errors.append("the proxy failed while provisioning")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import mcp_types as t
@@ -17,6 +17,14 @@ from .roundtrip import PendingCall
 
 _RESERVED_META = "io.modelcontextprotocol/"
 _FRONT_ONLY = frozenset({"inputResponses", "requestState", "_meta"})
+
+
+class Upstream(Protocol):
+    """Whoever a backend call is made for: backend traffic with no request of its own rides back to it."""
+
+    async def log(self, params: t.LoggingMessageNotificationParams) -> None: ...
+
+    async def ask(self, request: t.ServerRequest, result_type: type[Any], timeout: float) -> Any: ...
 
 
 class Caller:

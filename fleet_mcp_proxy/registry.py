@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 
 import anyio
 import anyio.abc
@@ -13,6 +14,7 @@ from mcp_types import INVALID_PARAMS
 
 from . import telemetry
 from .catalog import alias_from
+from .catalog_cache import CatalogCache, default_cache_dir
 from .config import EnvironmentConfig, ProxyConfig
 from .episode import Episode
 from .providers.base import Provider
@@ -68,6 +70,8 @@ class Registry:
         self.on_end: list[Callable[[Episode], Awaitable[None]]] = []
         self.closing = False
         self.tasks: dict[str, Task] = dict(tasks or {})
+        cache_dir = Path(config.catalog_cache_dir) if config.catalog_cache_dir else default_cache_dir()
+        self.catalog_cache = CatalogCache(cache_dir) if config.catalog_cache else None
         ctx = config.context
         self._context = ContextSettings(
             budget_chars=ctx.budget_chars,
@@ -108,6 +112,8 @@ class Registry:
             context=self._context_for(task),
             progress_interval=self.config.progress_interval,
             keepalive_interval=self.config.keepalive_interval,
+            catalog_cache=self.catalog_cache,
+            fleet=self.config.fleet,
         )
         self.episodes[key] = episode
         if telemetry.ON:

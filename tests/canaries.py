@@ -13,4 +13,6 @@ CANARIES = (FLEET_KEY, CLIENT_TOKEN)
 def leaked(text: str | bytes) -> list[str]:
     """Which canaries appear in `text` (named, never quoted)."""
     data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
-    return [name for name, canary in (("FLEET_KEY", FLEET_KEY), ("CLIENT_TOKEN", CLIENT_TOKEN)) if canary.encode() in data]
+    return [
+        name for name, canary in (("FLEET_KEY", FLEET_KEY), ("CLIENT_TOKEN", CLIENT_TOKEN)) if canary.encode() in data
+    ]

@@ -1,7 +1,11 @@
+import logging
 import os
 import tempfile
+import traceback
+from collections.abc import Iterator
 
 import pytest
+from canaries import CANARIES
 
 # Every proxy the tests start (in-process or as a child) records episodes here, never in the user's home.
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="fmp-test-state-")
@@ -10,3 +14,39 @@ os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="fmp-test-state-")
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+class _CanaryWatch(logging.Handler):
+    """Fails the test if a planted secret reaches any log record; cheap: one substring scan per record."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a record that cannot format itself is the logger's problem, not a leak
+            text = str(record.msg)
+        if record.exc_info and record.exc_info[1] is not None:
+            text += "".join(traceback.format_exception(record.exc_info[1]))
+        for canary in CANARIES:
+            if canary in text:
+                self.leaks.append(f"{record.name} {record.levelname}: {text.replace(canary, '<CANARY>')[:500]}")
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_logs() -> Iterator[None]:
+    """Every log record of every test, at DEBUG, from every logger that propagates to the root."""
+    root = logging.getLogger()
+    watch = _CanaryWatch()
+    level = root.level
+    root.addHandler(watch)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.removeHandler(watch)
+        root.setLevel(level)
+    if watch.leaks:
+        pytest.fail("a secret reached the log:\n" + "\n".join(watch.leaks[:5]), pytrace=False)

@@ -85,10 +85,10 @@ def test_a_flaky_fleet_does_not_trip_the_breaker_but_a_fleet_that_is_down_does()
             breaker.succeeded()
             streak = 0
     assert runs > 10 and breaker.opened == 0
-    for n in range(1, 20):
+    n = 0
+    while breaker.state is State.CLOSED and n < 20:
         breaker.failed()
-        if breaker.state is State.OPEN:
-            break
+        n += 1
     assert breaker.opened == 1 and n <= 16, n
     fresh = CircuitBreaker(failures=5, clock=FakeClock())
     for _ in range(5):
@@ -189,3 +189,15 @@ async def test_a_cut_connection_is_raised_after_the_retries_and_counts_as_a_fail
         with anyio.fail_after(5), pytest.raises(httpx.RemoteProtocolError):
             await http.post("/v1/env/instances")
     assert fleet.calls == 3 and breaker.state is State.OPEN
+
+
+def test_quick_errors_while_most_attempts_are_still_out_do_not_open_it() -> None:
+    breaker = CircuitBreaker(failures=5, clock=FakeClock())
+    for _ in range(150):
+        breaker.begin()
+    for _ in range(45):  # the 503s come back first; the 105 slow successes are still under way
+        breaker.failed()
+    assert breaker.state is State.CLOSED
+    for _ in range(105):
+        breaker.failed()  # ... but they fail too: Fleet is down
+    assert breaker.state is State.OPEN

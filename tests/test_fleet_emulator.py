@@ -14,6 +14,7 @@ import anyio
 import httpx
 import httpx2
 import pytest
+from canaries import FLEET_KEY
 from fleet import exceptions as sync_exc
 from fleet._async import exceptions as aexc
 from fleet._async.client import AsyncFleet
@@ -24,7 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 pytestmark = pytest.mark.anyio
 
-KEY = "test-key"
+KEY = FLEET_KEY  # the suite's canary: it must never reach a log, result or record
 TESTS = Path(__file__).resolve().parent
 TRACKER_TOOLS = {"list_projects", "list_issues", "get_issue", "create_issue", "close_issue", "add_comment"}
 INITIALIZE = {

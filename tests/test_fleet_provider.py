@@ -8,12 +8,13 @@ from typing import Any
 import anyio
 import mcp_types as t
 import pytest
+from canaries import FLEET_KEY
 from fleet_emulator import Emulator, Faults, running_emulator
 from helpers import http_client, proxy_http, wait_until
 
 from fleet_mcp_proxy.config import ProxyConfig, load_config
 
-KEY = "fleet-canary-key-7f3a"
+KEY = FLEET_KEY  # the suite's canary: it must never reach a log, result or record
 
 
 def fleet_config(emu: Emulator, *envs: str, api_key: str = KEY, **fleet: Any) -> tuple[ProxyConfig, str]:

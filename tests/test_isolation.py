@@ -41,7 +41,8 @@ class Seen:
             return t.CreateMessageResult(role="assistant", content=content, model="m")
 
         async def log(params: t.LoggingMessageNotificationParams) -> None:
-            self.logs.append(str(params.data))
+            if params.logger != "fleet-mcp-proxy":  # the proxy's own provisioning reports
+                self.logs.append(str(params.data))
 
         async def message(msg: Any) -> None:
             if isinstance(msg, t.ToolListChangedNotification):

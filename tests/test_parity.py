@@ -53,7 +53,8 @@ def _callbacks(notes: Notes) -> dict[str, Any]:
         return t.ListRootsResult(roots=[t.Root(uri="file:///tmp/root-a")])
 
     async def log(params: t.LoggingMessageNotificationParams) -> None:
-        notes.logs.append((params.level, params.data, params.logger))
+        if params.logger != "fleet-mcp-proxy":  # the proxy's own provisioning reports are not the backend's
+            notes.logs.append((params.level, params.data, params.logger))
 
     async def message(msg: Any) -> None:
         if isinstance(msg, t.ToolListChangedNotification):

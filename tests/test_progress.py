@@ -12,7 +12,6 @@ from typing import Any
 import anyio
 import mcp_types as t
 import pytest
-
 from helpers import config_with, http_client, kitchen_cmd, proxy_http
 
 pytestmark = pytest.mark.anyio
@@ -141,7 +140,10 @@ async def test_keepalive_beats_fill_silences_without_disturbing_backend_progress
             await c.call_tool("nap", {"seconds": 1.6, "steps": 2}, progress_callback=heard.on_progress)
     assert_increasing(heard.values)
     # The backend's own notifications pass unchanged, values and totals.
-    assert [p for p in heard.progress if (p[2] or "").startswith("part")] == [(1.0, 2.0, "part 1"), (2.0, 2.0, "part 2")]
+    assert [p for p in heard.progress if (p[2] or "").startswith("part")] == [
+        (1.0, 2.0, "part 1"),
+        (2.0, 2.0, "part 2"),
+    ]
     beats = [(i, p) for i, p in enumerate(heard.progress) if "still running" in (p[2] or "")]
     assert len(beats) >= 2, heard.progress
     first_part = heard.messages.index("part 1")

@@ -9,6 +9,7 @@ import anyio
 import httpx
 import httpx2
 import pytest
+from canaries import FLEET_KEY
 from fleet._async import exceptions as aexc
 from fleet._async.client import AsyncEnv, AsyncFleet
 from fleet_emulator import Emulator, running_emulator
@@ -20,7 +21,7 @@ from fleet_mcp_proxy.verify.scoring import VerifierRun, has_judge_error
 
 pytestmark = pytest.mark.anyio
 
-KEY = "verify-key"
+KEY = FLEET_KEY  # the suite's canary: it must never reach a log, result or record
 TITLE = "Verifier sees this"
 
 CREATED = f'''

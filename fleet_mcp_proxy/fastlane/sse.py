@@ -33,9 +33,10 @@ class SseDecoder:
             del self._buffer[: end + 1]
             self._scanned = 0
             if not line:
-                if self._data:
-                    events.append(b"\n".join(self._data))
-                    self._data = []
+                data = b"\n".join(self._data)
+                self._data = []
+                if data:  # an empty data buffer (a resumability priming event) is not dispatched
+                    events.append(data)
                 continue
             field, _, value = line.partition(b":")
             if field == b"data":

@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import mcp_types as t
+from mcp import MCPError
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware
@@ -64,6 +65,7 @@ class _FrontWriter:
         self._send = send
         self._session = session_id.encode("ascii")
         self.streaming = False
+        self._lock = anyio.Lock()  # backend traffic relayed from other tasks shares this response
 
     async def _start(self, content_type: bytes, length: int | None = None) -> None:
         headers = [(b"content-type", content_type), (b"mcp-session-id", self._session)]
@@ -74,12 +76,17 @@ class _FrontWriter:
         await self._send({"type": "http.response.start", "status": 200, "headers": headers})
 
     async def event(self, data: bytes) -> None:
-        if not self.streaming:
-            self.streaming = True
-            await self._start(b"text/event-stream")
-        await self._send({"type": "http.response.body", "body": encode_event(data), "more_body": True})
+        async with self._lock:
+            if not self.streaming:
+                self.streaming = True
+                await self._start(b"text/event-stream")
+            await self._send({"type": "http.response.body", "body": encode_event(data), "more_body": True})
 
     async def finish(self, data: bytes | None) -> None:
+        async with self._lock:
+            await self._finish(data)
+
+    async def _finish(self, data: bytes | None) -> None:
         if self.streaming:
             await self._send({"type": "http.response.body", "body": encode_event(data) if data else b""})
         elif data is not None:
@@ -88,6 +95,42 @@ class _FrontWriter:
         else:  # cancelled before anything was sent: end the exchange with an empty stream, as the SDK does
             await self._start(b"text/event-stream")
             await self._send({"type": "http.response.body", "body": b""})
+
+
+@dataclass(eq=False)
+class _Answer:
+    arrived: anyio.Event = field(default_factory=anyio.Event)
+    message: dict[str, Any] = field(default_factory=dict)
+
+
+class _LaneUpstream:
+    """The lane's call as the episode's upstream: backend logs and requests with no stream of their own
+    (sent on the backend's GET stream during the call) ride back on this call's response, as on the SDK path."""
+
+    def __init__(self, lane: FastLane, writer: _FrontWriter, sid: str) -> None:
+        self._lane = lane
+        self._writer = writer
+        self._sid = sid
+
+    async def log(self, params: t.LoggingMessageNotificationParams) -> None:
+        body = params.model_dump(by_alias=True, exclude_none=True, mode="json")
+        await self._writer.event(_dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": body}))
+
+    async def ask(self, request: t.ServerRequest, result_type: type[Any], timeout: float) -> Any:
+        relay_id = f"fmp-r-{next(self._lane._ids)}"
+        answer = _Answer()
+        self._lane._answers[(self._sid, relay_id)] = answer
+        try:
+            message = request.model_dump(by_alias=True, exclude_none=True, mode="json")
+            await self._writer.event(_dumps({"jsonrpc": "2.0", "id": relay_id, **message}))
+            with anyio.fail_after(timeout):
+                await answer.arrived.wait()
+        finally:
+            self._lane._answers.pop((self._sid, relay_id), None)
+        error = answer.message.get("error")
+        if isinstance(error, dict):
+            raise MCPError(int(error.get("code", t.INTERNAL_ERROR)), str(error.get("message", "")), error.get("data"))
+        return result_type.model_validate(answer.message.get("result"))
 
 
 async def _accepted(send: Send) -> None:
@@ -141,6 +184,7 @@ class FastLane:
         self._ids = itertools.count()
         self._calls: dict[tuple[str, Any], _Call] = {}
         self._relays: dict[tuple[str, Any], tuple[LaneTarget, Any]] = {}
+        self._answers: dict[tuple[str, Any], _Answer] = {}
         self.served = 0
 
     async def serve(
@@ -199,6 +243,12 @@ class FastLane:
             await _accepted(send)
             return True
         if method is None and "id" in request:  # the client's answer to a request relayed on the lane
+            answer = self._answers.get((sid, request["id"]))
+            if answer is not None:
+                answer.message = request
+                answer.arrived.set()
+                await _accepted(send)
+                return True
             relay = self._relays.pop((sid, request["id"]), None)
             if relay is None:
                 return False
@@ -231,10 +281,14 @@ class FastLane:
         writer = _FrontWriter(send, sid)
         started, clock = now(), anyio.current_time()
         self._calls[(sid, front_id)] = call
+        upstream = _LaneUpstream(self, writer, sid)
+        upstreams = episode.callers.setdefault(route.alias, [])
+        upstreams.append(upstream)
         try:
             with episode.busy(), _holding(transport):
                 answer = await self._exchange(call, episode, route.alias, name, params, route.original, writer, sid)
         finally:
+            upstreams.remove(upstream)
             limits.exit_call(episode.principal)
             self._calls.pop((sid, front_id), None)
             for relay in call.relays:

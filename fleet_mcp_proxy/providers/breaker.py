@@ -1,9 +1,11 @@
 """Fleet availability guards: a circuit breaker and a retry budget. Pure logic on an injectable clock.
 
 The breaker watches every attempt that reaches Fleet. It opens after `failures` consecutive failed
-attempts, provided most recent attempts failed too (`ratio` of the last `window`): a Fleet that is down
-fails everything and trips it after a handful of attempts, while a flaky Fleet (say 30 % of answers 503)
-produces runs of failures between its successes and must not lock every agent out. Open, it refuses
+attempts, provided the evidence is in: at least `ratio` of the last `window` outcomes *plus the attempts
+still out* failed. A Fleet that is down fails everything and trips it after a handful of attempts; a
+flaky Fleet (say 30 % of answers 503) produces runs of failures between its successes, and its errors
+often come back long before its successes (a 503 is quick, a create is slow), so a burst of quick
+errors while most attempts are still under way must not lock every agent out. Open, it refuses
 calls without touching the network; after `open_for` seconds one call goes out as the probe; its success
 closes the breaker, its failure opens it again for twice as long (capped), the shape of Envoy's outlier
 ejection. Any success closes it: Fleet answered.
@@ -64,6 +66,7 @@ class CircuitBreaker:
         self._open_for = open_for
         self._reopen_at = 0.0
         self._probing = False
+        self._out = 0  # attempts under way
         self.opened = 0  # times it opened (a figure for tests and logs)
 
     @property
@@ -113,8 +116,13 @@ class CircuitBreaker:
         self._probing = True
         return True
 
+    def begin(self) -> None:
+        """An attempt goes out; it ends with `succeeded`, `failed` or `abandoned`."""
+        self._out += 1
+
     def succeeded(self, probe: bool = False) -> None:
-        """A call got an answer from Fleet: close."""
+        """An attempt got an answer from Fleet: close."""
+        self._out = max(0, self._out - 1)
         if probe:
             self._probing = False
         self._recent.append(False)
@@ -123,13 +131,14 @@ class CircuitBreaker:
         self._open_for = self._base
 
     def failed(self, probe: bool = False) -> None:
-        """A call failed (Fleet unreachable, timed out or answered 502/503/504)."""
+        """An attempt failed (Fleet unreachable, timed out or answered 502/503/504)."""
+        self._out = max(0, self._out - 1)
         self._consecutive += 1
         self._recent.append(True)
         if probe:
             self._probing = False
         if self._state is State.CLOSED:
-            mostly_failing = sum(self._recent) >= self._ratio * len(self._recent)
+            mostly_failing = sum(self._recent) >= self._ratio * (len(self._recent) + self._out)
             if self._consecutive >= self._threshold and mostly_failing:
                 self._open()
         elif probe:  # still down: wait twice as long before the next probe
@@ -137,7 +146,8 @@ class CircuitBreaker:
             self._open()
 
     def abandoned(self, probe: bool = False) -> None:
-        """A call ended without a verdict (cancelled): the next call may probe instead."""
+        """An attempt ended without a verdict (cancelled): the next call may probe instead."""
+        self._out = max(0, self._out - 1)
         if probe:
             self._probing = False
 

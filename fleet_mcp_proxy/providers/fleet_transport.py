@@ -103,6 +103,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
                     if last is not None and not self._breaker.closed:
                         return _surface(last)  # the breaker opened while this retry waited: add no load
                     outcome: httpx.Response | Exception
+                    self._breaker.begin()
                     try:
                         outcome = await self._inner.handle_async_request(request)
                     except RETRY_EXCEPTIONS as exc:

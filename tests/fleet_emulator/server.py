@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import uvicorn
+from starlette.types import ASGIApp
 
 from .clock import Clock
 from .emulator import Emulator
@@ -28,8 +29,8 @@ def bind_loopback(port: int = 0, host: str = "127.0.0.1") -> socket.socket:
     return sock
 
 
-def _uvicorn(emu: Emulator, *, nested: bool) -> uvicorn.Server:
-    config = uvicorn.Config(emu.app, lifespan="on", log_level="warning", timeout_graceful_shutdown=3)
+def _uvicorn(emu: Emulator, *, nested: bool, app: ASGIApp | None = None) -> uvicorn.Server:
+    config = uvicorn.Config(app or emu.app, lifespan="on", log_level="warning", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
     if nested:
         # Inside another program's event loop: leave its signal handlers alone.
@@ -53,17 +54,19 @@ async def running_emulator(
     *,
     faults: Faults | None = None,
     clock: Clock | None = None,
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
     **options: Any,
 ) -> AsyncIterator[Emulator]:
     """The emulator under uvicorn on a free loopback port, in this event loop; stopped and cleaned up on exit.
 
     `options` go to `Emulator` (instance_limit, catalog, regions, sweep_interval, require_runner_token,
-    data_root). The yielded emulator has `.base_url` (no trailing slash), `.state`, `.faults` and `.clock`.
+    data_root). `wrap`, if given, wraps the app in a test's own ASGI layer (to record or bend what the proxy
+    sees). The yielded emulator has `.base_url` (no trailing slash), `.state`, `.faults` and `.clock`.
     """
     emu = Emulator(api_key, faults=faults, clock=clock, **options)
     sock = bind_loopback()
     emu.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = _uvicorn(emu, nested=True)
+    server = _uvicorn(emu, nested=True, app=wrap(emu.app) if wrap is not None else None)
     done = anyio.Event()
     try:
         async with anyio.create_task_group() as tg:

@@ -1,0 +1,77 @@
+"""Setup: a new session's connect (initialize) to its first `tools/list` complete, direct vs through the proxy.
+
+Three proxy cases: a cold process (fresh XDG_STATE_HOME: no catalog cache, first episode ever); a new process
+sharing a cold run's XDG_STATE_HOME (the catalog cache on disk is warm), its first episode; and that process's
+later episodes, interleaved with direct sessions (the figure the target applies to).
+"""
+
+from __future__ import annotations
+
+import time
+
+from .common import kitchen, ms_since, proxy, proxy_toml, ratio, session, summary
+from .report import Context, Row, SectionResult, at_most, fmt_ms
+
+
+async def first_list(url: str) -> float:
+    """ms from opening a session to its first tools/list result."""
+    start = time.perf_counter()
+    async with session(url) as client:
+        listed = await client.list_tools()
+        elapsed = ms_since(start)
+    if not any(tool.name == "echo" for tool in listed.tools):
+        raise RuntimeError(f"tools/list at {url} lacks echo")
+    return elapsed
+
+
+async def run(ctx: Context) -> SectionResult:
+    cold_runs, rounds = (1, 8) if ctx.quick else (3, 20)
+    result = SectionResult()
+    async with kitchen(ctx.workdir, "setup") as backend:
+        config = proxy_toml({"a": {"url": backend.url}})
+        await first_list(backend.url)  # the backend's own first-session costs stay out of the figures
+        cold: list[float] = []
+        for i in range(cold_runs):
+            async with proxy(ctx.workdir, f"setup-cold-{i}", config, ctx.workdir / f"xdg-setup-{i}") as px:
+                cold.append(await first_list(px.url))
+        async with proxy(ctx.workdir, "setup-warm", config, ctx.workdir / "xdg-setup-0") as px:
+            warm_first = await first_list(px.url)
+            times: dict[str, list[float]] = {"direct": [], "proxy": []}
+            for r in range(rounds):
+                order = [("direct", backend.url), ("proxy", px.url)]
+                for name, url in order if r % 2 == 0 else order[::-1]:
+                    times[name].append(await first_list(url))
+    d, p, c = summary(times["direct"]), summary(times["proxy"]), summary(cold)
+    result.raw = {
+        "direct": d,
+        "proxy_warm_cache": p,
+        "proxy_cold_process_first": c,
+        "proxy_warm_process_first": warm_first,
+    }
+    r_value = ratio(p["p50"], d["p50"])
+    result.rows += [
+        Row(
+            "setup",
+            "connect -> tools/list, warm cache p50",
+            fmt_ms(d["p50"]),
+            fmt_ms(p["p50"]),
+            r_value,
+            "ratio <= 1.3",
+            at_most(r_value, 1.3),
+        ),
+        Row(
+            "setup",
+            "first episode, new process, warm cache",
+            fmt_ms(d["p50"]),
+            fmt_ms(warm_first),
+            ratio(warm_first, d["p50"]),
+        ),
+        Row(
+            "setup",
+            f"first episode, cold process (median of {cold_runs})",
+            fmt_ms(d["p50"]),
+            fmt_ms(c["p50"]),
+            ratio(c["p50"], d["p50"]),
+        ),
+    ]
+    return result

@@ -1,0 +1,92 @@
+"""Plumbing for the edge and security tests: small real servers on loopback that record what reaches them."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import uvicorn
+from fleet_emulator.server import bind_loopback
+from helpers import KITCHEN
+from starlette.responses import RedirectResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+@dataclass
+class Seen:
+    """Every HTTP request one server received: path and headers (names lowercased)."""
+
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+
+    def header_values(self) -> list[str]:
+        return [value for _, headers in self.requests for value in headers.values()]
+
+
+class Recording:
+    """An ASGI layer that records each request's path and headers, then passes it on."""
+
+    def __init__(self, app: ASGIApp, seen: Seen) -> None:
+        self.app, self.seen = app, seen
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            self.seen.requests.append((scope["path"], headers))
+        await self.app(scope, receive, send)
+
+
+def kitchen_app(name: str) -> ASGIApp:
+    """The kitchen test backend's streamable-HTTP app, built in this process."""
+    spec = importlib.util.spec_from_file_location("kitchen_backend", KITCHEN)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    app: ASGIApp = module.build(name).streamable_http_app(host="127.0.0.1")
+    return app
+
+
+def redirect_to(target: str) -> ASGIApp:
+    """Answers every request with 307 to `target` (method and body would be kept by a client that followed)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await RedirectResponse(target, status_code=307)(scope, receive, send)
+
+    return app
+
+
+def ok_app() -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await Response("{}", media_type="application/json")(scope, receive, send)
+
+    return app
+
+
+@contextlib.asynccontextmanager
+async def serve(app: ASGIApp, **options: Any) -> AsyncIterator[str]:
+    """`app` under uvicorn on a free loopback port, in this event loop; yields `http://127.0.0.1:PORT`."""
+    sock = bind_loopback()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **{"lifespan": "auto", **options}))
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve, [sock])
+            try:
+                yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+            finally:
+                server.should_exit = True
+    finally:
+        sock.close()
