@@ -8,6 +8,7 @@ import math
 import os
 import re
 import resource
+import ssl
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,10 @@ OPEN_LIMITS: dict[str, Any] = {
 }
 
 Mode = Literal["legacy", "2026-07-28"]
+
+# One TLS context for every client here: httpx2 would build (and load CA certificates into) one per client,
+# about 30 ms and 800 KB each, which would swamp the load generator. Everything here is plain loopback HTTP.
+_TLS = ssl.create_default_context()
 
 
 @dataclass
@@ -88,6 +93,22 @@ def _stop(popen: subprocess.Popen[bytes]) -> None:
             popen.wait(5)
 
 
+async def _accepting(url: str, popen: subprocess.Popen[bytes]) -> None:
+    """Wait (bounded) until the URL's port accepts: kitchen and `serve` announce their URL before listening."""
+    parsed = httpx2.URL(url)
+    with anyio.fail_after(START_TIMEOUT):
+        while True:
+            try:
+                stream = await anyio.connect_tcp(parsed.host, parsed.port or 80)
+            except OSError:
+                if popen.poll() is not None:
+                    raise RuntimeError(f"process {popen.pid} exited ({popen.returncode}) before listening") from None
+                await anyio.sleep(0.02)
+                continue
+            await stream.aclose()
+            return
+
+
 @contextlib.asynccontextmanager
 async def process(
     args: list[str], pattern: str, log: Path, env: Mapping[str, str] | None = None
@@ -106,6 +127,7 @@ async def process(
                     raise RuntimeError(f"{Path(args[1]).name} exited ({popen.returncode}):\n{proc.log_tail()}")
                 await anyio.sleep(0.05)  # another process's output: nothing to await but the file
         proc.url = match.group(1)
+        await _accepting(proc.url, popen)
         yield proc
     finally:
         with anyio.CancelScope(shield=True):
@@ -152,7 +174,7 @@ def proxy(
 
 def http_client(connections: int = 100) -> httpx2.AsyncClient:
     limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx2.AsyncClient(timeout=httpx2.Timeout(60.0, read=300.0), limits=limits)
+    return httpx2.AsyncClient(timeout=httpx2.Timeout(60.0, read=300.0), limits=limits, verify=_TLS)
 
 
 @contextlib.asynccontextmanager

@@ -9,6 +9,7 @@ taken after a warm-up of a few sessions that are opened and closed, and each rea
 from __future__ import annotations
 
 import contextlib
+import time
 
 import anyio
 
@@ -33,11 +34,20 @@ async def per_session_kb(measured: Proc, url: str, call: bool, settle: float) ->
         await _hold(url, WARM_UP, call, warm)
     await anyio.sleep(settle)  # the pause is the subject: let closed sessions end and the heap settle
     baseline = measured.rss_kb()
+    opened = time.perf_counter()
     async with contextlib.AsyncExitStack() as held:
         await _hold(url, SESSIONS, call, held)
+        open_s = time.perf_counter() - opened
         await anyio.sleep(settle)
         loaded = measured.rss_kb()
-    return {"baseline_kb": baseline, "loaded_kb": loaded, "per_session_kb": round((loaded - baseline) / SESSIONS, 1)}
+        closing = time.perf_counter()
+    return {
+        "baseline_kb": baseline,
+        "loaded_kb": loaded,
+        "per_session_kb": round((loaded - baseline) / SESSIONS, 1),
+        "open_s": round(open_s, 2),
+        "close_s": round(time.perf_counter() - closing, 2),
+    }
 
 
 async def run(ctx: Context) -> SectionResult:

@@ -26,6 +26,14 @@ import anyio
 from . import large, memory, scale, sequential, setup_time, throughput, warm_pool
 from .report import Context, Row, SectionResult, machine, markdown, render, rows_json
 
+
+def describe(exc: BaseException) -> str:
+    """The leaf exceptions of a (nested) exception group, one line each."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(inner) for inner in exc.exceptions)
+    return "".join(traceback.format_exception_only(exc)).strip()
+
+
 Section = Callable[[Context], Awaitable[SectionResult]]
 SECTIONS: dict[str, Section] = {
     "sequential": sequential.run,
@@ -57,8 +65,9 @@ async def _run_section(name: str, ctx: Context) -> tuple[dict[str, Any], list[Ro
             result = await SECTIONS[name](ctx)
         raw, rows = result.raw, result.rows
     except Exception as exc:  # one broken section must not hide the others' figures
-        detail = "".join(traceback.format_exception_only(exc)).strip()
+        detail = describe(exc)
         print(f"[{name}] FAILED: {detail}", file=sys.stderr, flush=True)
+        traceback.print_exception(exc, file=sys.stderr)
         raw, rows = {"error": detail}, [Row(name, "section failed", "-", detail[:80].replace("\n", " "), ok=False)]
     raw["seconds"] = round(time.perf_counter() - start, 1)
     print(f"[{name}] done in {raw['seconds']} s", file=sys.stderr, flush=True)

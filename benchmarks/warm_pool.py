@@ -39,12 +39,13 @@ async def _wait_running(base_url: str, run_id: str, count: int, timeout: float) 
     return round(time.perf_counter() - start, 2)
 
 
-async def first_tool(url: str, stack: contextlib.AsyncExitStack) -> float:
+async def first_tool(url: str, stack: contextlib.AsyncExitStack, timeout: float) -> float:
     """ms from opening a session to its first tool result; the session stays open on `stack`."""
     start = time.perf_counter()
-    client = await stack.enter_async_context(session(url))
-    await client.list_tools()
-    result = await client.call_tool(TOOL, {})
+    client = await stack.enter_async_context(session(url))  # outside any cancel scope: it outlives this call
+    with anyio.fail_after(timeout):
+        await client.list_tools()
+        result = await client.call_tool(TOOL, {})
     elapsed = ms_since(start)
     if result.is_error:
         raise RuntimeError(f"{TOOL} failed: {result.content}")
@@ -77,8 +78,7 @@ async def run(ctx: Context) -> SectionResult:
                 for name in ("pool0", "pool2") if rep % 2 == 0 else ("pool2", "pool0"):
                     if name == "pool2":  # held episodes keep theirs; the pool must be back to full
                         refills.append(await _wait_running(emu.url, run_ids[name], rep + POOL, delay + 60))
-                    with anyio.fail_after(delay + 120):
-                        times[name].append(await first_tool(proxies[name].url, stack))
+                    times[name].append(await first_tool(proxies[name].url, stack, delay + 120))
     p0, p2 = summary(times["pool0"]), summary(times["pool2"])
     result.raw.update(pool0=p0, pool2=p2, refill_waits_s=refills)
     r_value = ratio(p2["p50"], p0["p50"])

@@ -50,6 +50,7 @@ class EnvironmentConfig(_Frozen):
     heartbeat_interval: int | None = Field(default=None, ge=30, le=3600)
     startup_timeout: float = Field(default=60.0, gt=0)
     call_timeout: float = Field(default=300.0, gt=0)
+    warm_pool: int = Field(default=0, ge=0, le=100)  # Fleet only: ready instances kept for new episodes
 
     @field_validator("name")
     @classmethod
@@ -77,6 +78,8 @@ class EnvironmentConfig(_Frozen):
             raise ValueError(f"'data' must look like DATA_KEY or DATA_KEY:VERSION (got {self.data!r})")
         if self.command is not None and not self.command:
             raise ValueError("'command' is empty")
+        if self.warm_pool and self.fleet is None:
+            raise ValueError("'warm_pool' applies to Fleet environments only (local ones start in milliseconds)")
         if self.url is not None and not re.match(r"^https?://", self.url):
             raise ValueError(f"'url' must start with http:// or https:// (got {self.url!r})")
         return self

@@ -114,7 +114,7 @@ def test_the_retry_budget_is_max_of_minimum_and_ratio_of_provisions_in_flight() 
     for cm in held:
         cm.__enter__()
     assert budget.limit == 10
-    assert sum(budget.try_acquire() for _ in range(30)) == 10 and budget.denied == 21
+    assert sum(budget.try_acquire() for _ in range(30)) == 10
     for cm in held:
         cm.__exit__(None, None, None)
     assert budget.provisions == 0 and budget.peak == 10
@@ -156,13 +156,26 @@ async def test_retries_repeat_the_same_request_and_a_success_is_returned() -> No
 
 
 @pytest.mark.anyio
-async def test_without_a_budget_slot_the_failure_is_handed_back_at_once() -> None:
-    fleet = ScriptedFleet(503, 503)
-    budget = RetryBudget(ratio=0, minimum=0)
-    async with guarded(fleet, CircuitBreaker(), budget) as http:
+async def test_a_retry_waits_for_a_budget_slot_and_gives_up_when_the_breaker_opens() -> None:
+    fleet = ScriptedFleet(503, 503, 503)
+    budget = RetryBudget(ratio=0, minimum=1)
+    breaker = CircuitBreaker(failures=2, open_for=60)
+    async with guarded(fleet, breaker, budget) as http:
+        assert budget.try_acquire()  # someone else holds the only slot
+        outcome: dict[str, int] = {}
+
+        async def call() -> None:
+            outcome["status"] = (await http.get("/v1/env/instances/x")).status_code
+
         with anyio.fail_after(5):
-            response = await http.get("/v1/env/instances/x")
-    assert response.status_code == 503 and fleet.calls == 1 and budget.denied == 1
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                while budget.waited == 0:
+                    await anyio.sleep(0)
+                assert fleet.calls == 1, "the retry waits: no call without a slot"
+                budget.release()  # the slot frees: the retry goes out, fails, and the breaker opens
+        assert outcome == {"status": 503} and fleet.calls == 2 and breaker.state is State.OPEN
+        assert budget.retries == 0
 
 
 @pytest.mark.anyio

@@ -103,7 +103,7 @@ async def test_r4_every_episode_provisions_while_30_percent_of_fleet_calls_answe
 async def test_r5_fleet_down_then_back_fails_fast_within_a_retry_budget_and_recovers(record_property: Record) -> None:
     sessions = 100
     async with running_emulator(KEY, instance_limit=sessions + 20) as emu:
-        config, run_id = fleet_config(emu, breaker_open_seconds=1.0, breaker_max_open_seconds=2.0)
+        config, run_id = fleet_config(emu, retry_backoff=0.5, breaker_open_seconds=1.0, breaker_max_open_seconds=2.0)
         async with proxy_http(config) as proxy:
             fleet = provider_of(proxy)
             with anyio.fail_after(30):

@@ -17,12 +17,16 @@ flight) (Envoy's `RetryBudget`), so retries cannot multiply the load on a strugg
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import anyio
+
+logger = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 
@@ -126,6 +130,8 @@ class CircuitBreaker:
         if probe:
             self._probing = False
         self._recent.append(False)
+        if self._state is not State.CLOSED:
+            logger.warning("Fleet answered again: new provisions are accepted")
         self._state = State.CLOSED
         self._consecutive = 0
         self._open_for = self._base
@@ -155,6 +161,11 @@ class CircuitBreaker:
         self._state = State.OPEN
         self._reopen_at = self._clock() + self._open_for
         self.opened += 1
+        logger.warning(
+            "Fleet failed %d times in a row: new provisions fail fast for %g s, then one probe is sent",
+            self._consecutive,
+            self._open_for,
+        )
 
 
 class RetryBudget:
@@ -167,8 +178,9 @@ class RetryBudget:
         self._minimum = minimum
         self.provisions = 0
         self.retries = 0
-        self.denied = 0  # retries refused so far (a figure)
+        self.waited = 0  # retries that had to wait for a slot (a figure)
         self.peak = 0  # most retries in flight at once (a figure)
+        self._freed: anyio.Event | None = None  # made by the first waiter (needs a running loop)
 
     @property
     def limit(self) -> int:
@@ -186,11 +198,29 @@ class RetryBudget:
     def try_acquire(self) -> bool:
         """Take a retry slot if the budget has one; the caller must `release` it."""
         if self.retries >= self.limit:
-            self.denied += 1
             return False
         self.retries += 1
         self.peak = max(self.peak, self.retries)
         return True
 
+    async def acquire(self, give_up: Callable[[], bool]) -> bool:
+        """Wait for a retry slot (the caller's deadline bounds the wait); False once `give_up()` says so.
+
+        `give_up` is asked before waiting and again whenever a slot frees up.
+        """
+        if self.try_acquire():
+            return True
+        self.waited += 1
+        while not give_up():
+            if self._freed is None:
+                self._freed = anyio.Event()
+            await self._freed.wait()
+            if self.try_acquire():
+                return True
+        return False
+
     def release(self) -> None:
         self.retries -= 1
+        if self._freed is not None:  # wake every waiter; the first to ask gets the slot
+            self._freed.set()
+            self._freed = None

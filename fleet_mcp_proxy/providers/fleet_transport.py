@@ -3,8 +3,8 @@
 A retry repeats the same request (same `X-Request-ID`, so the platform recognises a repeated create) on
 429/502/503/504 and on network errors, after stamina's jittered backoff (or the server's Retry-After). A
 retry holds a slot of the proxy-wide budget from the moment it is decided until its attempt ends, backoff
-included. Without a slot, or once the breaker has opened, the failure is handed back as it is: the
-caller's own error handling sees exactly what Fleet said. httpx-retries cannot hold a slot across its
+included; a retry without a free slot waits for one. Once the breaker has opened, the failure is
+handed back as it is: the caller's own error handling sees exactly what Fleet said. httpx-retries cannot hold a slot across its
 backoff, hence this small loop on stamina.
 """
 
@@ -118,9 +118,10 @@ class GuardedTransport(httpx.AsyncBaseTransport):
                     self._record(outcome, probe)
                     if isinstance(outcome, httpx.Response) and outcome.status_code not in RETRY_STATUSES:
                         return outcome
-                    last_try = attempt.num > retries
-                    if last_try or not self._breaker.closed or not self._budget.try_acquire():
+                    if attempt.num > retries or not self._breaker.closed:
                         return _surface(outcome)
+                    if not await self._budget.acquire(give_up=lambda: not self._breaker.closed):
+                        return _surface(outcome)  # the breaker opened while this retry waited for a slot
                     slot = True
                     wait = None
                     if isinstance(outcome, httpx.Response):

@@ -85,6 +85,14 @@ class LeaseKeeper:
             lease.deadline = anyio.current_time() + ttl  # the create counts as the first beat
             self._tg.start_soon(self._beat, lease, heartbeat, ttl)
 
+    def rebind(self, instance: Instance, on_lost: Callable[[str], None] | None) -> bool:
+        """Hand a held lease to a new owner (a warm instance taken by an episode); False if it was lost."""
+        lease = self._leases.get(instance.instance_id)
+        if lease is None:
+            return False
+        lease.on_lost = on_lost
+        return True
+
     def release(self, instance: Instance, delete: Delete) -> None:
         """Stop heartbeats and queue the release; idempotent."""
         lease = self._leases.pop(instance.instance_id, None)

@@ -16,6 +16,7 @@ from .base import HttpTarget, Instance, ProvisionError
 from .fleet import FleetProvider
 from .leases import Delete, LeaseKeeper
 from .local import LocalProvider
+from .warm import WarmPool
 
 if TYPE_CHECKING:
     from ..tasks import Task
@@ -49,6 +50,10 @@ class InstancePool:
             self.fleet = FleetProvider(settings)
         self.keeper = LeaseKeeper(task_group)
         self._end_timeout = config.end_timeout
+        self.warm: WarmPool | None = None
+        if self.fleet is not None and any(env.warm_pool for env in config.environments):
+            self.warm = WarmPool(self._provision_fleet, self.keeper.rebind, self._release_fleet)
+            task_group.start_soon(self.warm.run, tuple(config.environments))
 
     async def start(self) -> None:
         """Release what an earlier run of this deployment left behind (no episode owns it now)."""
@@ -74,7 +79,13 @@ class InstancePool:
             return instance
         if self.fleet is None:
             raise ProvisionError("Fleet is not configured.")
-        instance = await self.fleet.provision(env, episode_id)
+        if self.warm is not None and (warm := self.warm.take(env, on_lost)) is not None:
+            return warm
+        return await self._provision_fleet(env, on_lost)
+
+    async def _provision_fleet(self, env: EnvironmentConfig, on_lost: Callable[[str], None] | None) -> Instance:
+        assert self.fleet is not None
+        instance = await self.fleet.provision(env, env.name)
         # Heartbeats start as soon as the create returns, before the (possibly slow) readiness wait.
         self.keeper.hold(instance, heartbeat=self.fleet.heartbeat, ttl=self.fleet.ttl_of(env), on_lost=on_lost)
         try:
@@ -83,6 +94,10 @@ class InstancePool:
             self.keeper.release(instance, self.fleet.delete)
             raise
         return instance
+
+    def _release_fleet(self, instance: Instance) -> None:
+        if self.fleet is not None:
+            self.keeper.release(instance, self.fleet.delete)
 
     def _deleter(self, instance: Instance) -> Delete:
         if instance.provider == "fleet" and self.fleet is not None:
@@ -117,6 +132,9 @@ class InstancePool:
 
     async def shutdown(self) -> None:
         """Drain queued releases (bounded), then batch-delete this run's Fleet instances as a backstop."""
+        if self.warm is not None:
+            for instance in self.warm.close():
+                self._release_fleet(instance)
         drained = await self.keeper.drain(self._end_timeout)
         if not drained:
             logger.warning("%d releases still pending at shutdown", self.keeper.pending)
