@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     telemetry.setup(config.telemetry.model_copy(update={"enabled": True}) if args.telemetry else config.telemetry)
     try:
-        anyio.run(_serve_stdio if args.stdio else _serve_http, config, tasks)
+        anyio.run(_serve_stdio if args.stdio else _serve_http, config, tasks, backend_options=_loop_options())
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
@@ -174,3 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         telemetry.shutdown()
     return 0
+
+
+def _loop_options() -> dict[str, bool]:
+    """uvloop when installed (a dependency off Windows): the proxy is event-loop bound."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}

@@ -90,10 +90,10 @@ async def test_tool_call_waiting_for_a_slow_start_hears_progress_and_logs() -> N
 
 @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
 async def test_list_tools_waiting_hears_progress_in_both_eras(mode: str) -> None:
-    # A proxy of its own per era: a second episode would list from the catalog cache, with nothing to wait for.
+    # Without the catalog cache: a remembered tool list is answered at once, with nothing to wait for.
     heard = Heard()
     async with (
-        proxy_http(config_with(SLOW, progress_interval=0.4)) as proxy,
+        proxy_http(config_with(SLOW, progress_interval=0.4, catalog_cache=False)) as proxy,
         http_client(proxy.url + "?episode=waiter", mode=mode, log_level="info", logging_callback=heard.on_log) as c,
     ):
         with anyio.fail_after(30):
@@ -125,7 +125,7 @@ async def test_silent_tool_call_gets_keepalive_progress(mode: str) -> None:
     config = config_with(f"k={kitchen_cmd('k')}", keepalive_interval=0.2)
     async with proxy_http(config) as proxy, http_client(proxy.url + "?episode=nap", mode=mode) as c:
         with anyio.fail_after(30):
-            await c.list_tools()  # provisioned first: only the call's own silence is measured
+            await c.call_tool("echo", {"text": "warm up"})  # provisioned first: only the call's silence counts
             heard = Heard()
             result = await c.call_tool("nap", {"seconds": 1.2}, progress_callback=heard.on_progress)
     assert text_of(result) == "napped 1.2 s"
@@ -138,7 +138,7 @@ async def test_keepalive_beats_fill_silences_without_disturbing_backend_progress
     config = config_with(f"k={kitchen_cmd('k')}", keepalive_interval=0.2)
     async with proxy_http(config) as proxy, http_client(proxy.url) as c:
         with anyio.fail_after(30):
-            await c.list_tools()
+            await c.call_tool("echo", {"text": "warm up"})
             heard = Heard()
             await c.call_tool("nap", {"seconds": 1.6, "steps": 2}, progress_callback=heard.on_progress)
     assert_increasing(heard.values)
@@ -166,7 +166,7 @@ async def test_call_without_progress_token_gets_no_keepalive() -> None:
     config = config_with(f"k={kitchen_cmd('k')}", keepalive_interval=0.1)
     async with proxy_http(config) as proxy, http_client(proxy.url, message_handler=on_message) as c:
         with anyio.fail_after(30):
-            await c.list_tools()  # provisioning may log; only the call is under test
+            await c.call_tool("echo", {"text": "warm up"})  # provisioning may log; only the nap is under test
             messages.clear()
             result = await c.call_tool("nap", {"seconds": 0.6})
     assert text_of(result) == "napped 0.6 s"
