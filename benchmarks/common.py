@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,13 @@ async def list_all(client: Client) -> list[str]:
         names += [tool.name for tool in page.tools]
         if not (cursor := page.next_cursor):
             return names
+
+
+def describe(exc: BaseException) -> str:
+    """The leaf exceptions of a (nested) exception group, one line each."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(inner) for inner in exc.exceptions)
+    return "".join(traceback.format_exception_only(exc)).strip()
 
 
 def ms_since(start: float) -> float:

@@ -24,15 +24,8 @@ from typing import Any
 import anyio
 
 from . import large, memory, scale, sequential, setup_time, throughput, warm_pool
+from .common import describe
 from .report import Context, Row, SectionResult, machine, markdown, render, rows_json
-
-
-def describe(exc: BaseException) -> str:
-    """The leaf exceptions of a (nested) exception group, one line each."""
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(describe(inner) for inner in exc.exceptions)
-    return "".join(traceback.format_exception_only(exc)).strip()
-
 
 Section = Callable[[Context], Awaitable[SectionResult]]
 SECTIONS: dict[str, Section] = {
@@ -84,6 +77,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         raw, section_rows = await _run_section(name, Context(quick=args.quick, workdir=section_dir))
         report["sections"][name] = raw
         rows += section_rows
+        report["rows"] = rows_json(rows)
+        if args.json is not None:  # after every section: a later failure keeps the earlier figures
+            args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     report["machine"]["loadavg_end"] = os.getloadavg()
     report["seconds"] = round(time.perf_counter() - start, 1)
     report["rows"] = rows_json(rows)
@@ -106,4 +102,5 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"results written to {args.json}", file=sys.stderr)
     return 0 if all(r["ok"] is not False for r in report["rows"]) else 1

@@ -404,6 +404,12 @@ class Episode:
                 await self._end_done.wait()
             return
         self._end_started = True
+        flight = self._flight
+        if self.task is not None and not self.outcome.verified and flight is not None and not flight.done.is_set():
+            # Instances still starting (a tools/list answered from the catalog cache started them) hold the
+            # task's seed state: wait for them, bounded, so the grade is a real one rather than unknown.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._end_timeout):
+                await flight.done.wait()
         self.ended = reason
         try:
             if self.task is not None and not self.outcome.verified:

@@ -69,6 +69,8 @@ class Registry:
         self.ended_sessions: OrderedDict[str, None] = OrderedDict()
         self.on_end: list[Callable[[Episode], Awaitable[None]]] = []
         self.closing = False
+        self._ending = 0  # episode ends in progress, awaited at shutdown before the store closes
+        self._ends_done = anyio.Event()
         self.tasks: dict[str, Task] = dict(tasks or {})
         cache_dir = Path(config.catalog_cache_dir) if config.catalog_cache_dir else default_cache_dir()
         self.catalog_cache = CatalogCache(cache_dir) if config.catalog_cache else None
@@ -146,6 +148,16 @@ class Registry:
             await self._end(episode, reason)
 
     async def _end(self, episode: Episode, reason: str) -> None:
+        self._ending += 1
+        try:
+            await self._finish(episode, reason)
+        finally:
+            self._ending -= 1
+            if not self._ending:
+                self._ends_done.set()
+                self._ends_done = anyio.Event()
+
+    async def _finish(self, episode: Episode, reason: str) -> None:
         for session_id in episode.session_ids:
             self.ended_sessions[session_id] = None
             while len(self.ended_sessions) > _ENDED_SESSIONS_KEPT:
@@ -179,3 +191,5 @@ class Registry:
             async with anyio.create_task_group() as tg:
                 for episode in episodes:
                     tg.start_soon(self._end, episode, "proxy shutdown")
+            while self._ending:  # ends scheduled earlier (a closed session, the idle reaper) finish too
+                await self._ends_done.wait()

@@ -151,7 +151,7 @@ async def test_deeply_nested_json_is_a_parse_error_and_the_proxy_stays_up() -> N
             response = await http.post(proxy.url, content=nested, headers=MCP_HEADERS)
             assert response.status_code == 400, response.text
             assert response.json()["error"]["code"] == -32700
-            async with http_client(proxy.url) as c:
+            async with http_client(f"{proxy.url}?episode=after-nesting", "2026-07-28") as c:
                 assert not (await c.call_tool("echo", {"text": "still here"})).is_error
         assert len(proxy.state.registry.episodes) == 1
 

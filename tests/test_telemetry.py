@@ -77,6 +77,12 @@ def _start(processors: Sequence[Any], readers: Sequence[Any]) -> None:
     assert telemetry.ON
 
 
+def _stop() -> None:
+    telemetry.shutdown()
+    # Later tests export nowhere, and extract no trace context (logfire would warn, and warnings fail tests).
+    logfire.configure(send_to_logfire=False, console=False, metrics=False, distributed_tracing=False)
+
+
 @pytest.fixture
 def capture() -> Iterator[Captured]:
     exporter, reader = TestExporter(), InMemoryMetricReader()
@@ -84,8 +90,7 @@ def capture() -> Iterator[Captured]:
     try:
         yield Captured(exporter, reader)
     finally:
-        telemetry.shutdown()
-        logfire.configure(send_to_logfire=False, console=False, metrics=False)  # later tests export nowhere
+        _stop()
     assert not telemetry.ON
 
 
@@ -208,8 +213,7 @@ async def test_a_failing_exporter_never_affects_a_request() -> None:
         logfire.force_flush()
         assert inline.calls > 20 and batched.calls >= 1
     finally:
-        telemetry.shutdown()
-        logfire.configure(send_to_logfire=False, console=False, metrics=False)
+        _stop()
 
 
 async def test_a_task_episode_traces_its_verification(capture: Captured) -> None:

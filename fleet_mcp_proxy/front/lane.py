@@ -338,13 +338,16 @@ class FastLane:
                     answer = await self._read(response, call, episode, alias, exposed, writer, sid)
             except TimeoutError:
                 await self._notify(call.target, _cancelled(call.backend_id, "timed out"))
+                _failed("timeout")
                 return {"result": tool_error(timeout_message(exposed, timeout))}
             except LaneError as exc:
                 if not exc.sent and not writer.streaming:
                     return _FALLBACK
+                _failed("transport_error")
                 return {"result": tool_error(unreachable_message(alias, exposed))}
             except ValueError:  # not JSON: the environment broke the protocol
                 logger.warning("environment %s answered a tool call with malformed JSON", alias)
+                _failed("transport_error")
                 return {"result": tool_error(stopped_message(alias, exposed))}
         if call.scope.cancelled_caught:
             await self._notify(call.target, _cancelled(call.backend_id, "cancelled by the client"))
@@ -432,6 +435,11 @@ class _Fallback:
 
 
 _FALLBACK: Any = _Fallback()
+
+
+def _failed(kind: str) -> None:
+    if telemetry.ON:
+        telemetry.note_call_failure(kind)
 
 
 def _cancelled(request_id: str, reason: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from .. import telemetry
 from ..config import EnvironmentConfig, FleetSettings
+from ..identifiers import is_instance_id, is_instance_url
 from ..verify.remote import run_remote
 from ..verify.scoring import VerifierRun
 from .base import HttpTarget, Instance, ProvisionError
@@ -178,16 +179,21 @@ class FleetProvider:
             logger.warning("could not reconcile a lost create (%s); the shutdown sweep will", classify(exc, "").message)
 
     def _instance_of(self, env: EnvironmentConfig, made: Any) -> Instance:
+        instance_id = str(made.instance_id)
+        if not is_instance_id(instance_id):  # it goes into URL paths: never interpolate what is not a plain name
+            raise ProvisionError("Fleet returned an instance id that is not a plain name; it was not used.")
         urls = getattr(made, "urls", None)
         root = getattr(urls, "root", None)
         if not isinstance(root, str) or not root:
-            raise ProvisionError(f"Fleet returned instance {made.instance_id} without an address.")
+            raise ProvisionError(f"Fleet returned instance {instance_id} without an address.")
+        if not is_instance_url(root):  # used as given otherwise: never rewritten, never followed through redirects
+            raise ProvisionError(f"Fleet returned instance {instance_id} with an address that is not an http(s) URL.")
         root = root if root.endswith("/") else root + "/"
         path = "api/v1/mcp" if env.modality == "computer_use" else "mcp"
         headers = {"Authorization": f"Bearer {self.settings.api_key}"}
         expires = time.time() + (env.ttl_seconds or self.settings.ttl_seconds)  # the platform counts from the create
         target = HttpTarget(root + path, headers)
-        return Instance(env.name, str(made.instance_id), self.name, target, expires_at=expires)
+        return Instance(env.name, instance_id, self.name, target, expires_at=expires)
 
     async def ready(self, instance: Instance, deadline: float) -> None:
         """Ready: status `running`, and initialize + tools/list answers with at least one tool."""
@@ -254,6 +260,9 @@ class FleetProvider:
         await self._delete_id(instance.instance_id)
 
     async def _delete_id(self, instance_id: str) -> None:
+        if not is_instance_id(instance_id):  # never interpolated; the run's TTL and batch delete reclaim it
+            logger.warning("not deleting Fleet instance %r by id: not a plain name", instance_id[:80])
+            return
         try:
             await self._ops.delete(instance_id)
         except Exception as exc:
@@ -264,7 +273,8 @@ class FleetProvider:
     async def orphans(self) -> list[str]:
         """Ids of live instances carrying this deployment's run_id."""
         found = await self._ops.instances(run_id=self.run_id)
-        return [str(env.instance_id) for env in found if getattr(env, "status", "") in ("pending", "running")]
+        live = [str(env.instance_id) for env in found if getattr(env, "status", "") in ("pending", "running")]
+        return [instance_id for instance_id in live if is_instance_id(instance_id)]
 
     async def verify_remote(
         self, instance: Instance, task: Any, code: str, final_answer: str | None, timeout: float
