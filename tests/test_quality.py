@@ -45,3 +45,13 @@ def test_pinned_sdk_still_has_the_private_members_the_proxy_uses() -> None:
             "mcp.server.streamable_http_manager", fromlist=["x"]
         ).StreamableHTTPSessionManager.__init__.__code__.co_names
     )
+
+
+def test_pinned_sdk_transport_still_has_what_the_fast_lane_holds_sessions_with() -> None:
+    """front/lane.py keeps a session's idle countdown suspended as the SDK's own requests do."""
+    from mcp.server.streamable_http import StreamableHTTPServerTransport
+
+    names = StreamableHTTPServerTransport.__init__.__code__.co_names
+    for member in ("_requests_in_flight", "_idle_timeout", "idle_scope", "_terminated"):
+        assert member in names, member
+    assert isinstance(StreamableHTTPServerTransport.is_terminated, property)
