@@ -62,6 +62,9 @@ class _Flight:
     error: str | None = None
 
 
+_AFTER_CACHED_LIST = 0.02  # seconds; an agent's next request is much further off
+
+
 class Episode:
     """Backends, catalogs and upstream channels of one episode."""
 
@@ -184,11 +187,11 @@ class Episode:
         if flight.error is not None:
             raise ProvisionError(flight.error)
 
-    def _start_flight(self) -> _Flight:
+    def _start_flight(self, after: float = 0.0) -> _Flight:
         flight = self._flight
         if flight is None or flight.done.is_set():
             flight = self._flight = _Flight()
-            self._tg.start_soon(self._provision, flight)
+            self._tg.start_soon(self._provision, flight, after)
         return flight
 
     async def tools_before_ready(self) -> bool:
@@ -204,7 +207,8 @@ class Episode:
         if not self.provisioned:
             self.tools = build_tool_catalog(lists, self._synthetic, self._modality)
             self._served_from_cache = True
-            self._start_flight()
+            # Let the cached answer leave first: provisioning competes for the same event loop.
+            self._start_flight(after=_AFTER_CACHED_LIST)
         return True
 
     async def _remember_catalog(self) -> None:
@@ -219,9 +223,11 @@ class Episode:
         if self._served_from_cache and list(self.tools.tools) != self._cached_view:
             await self._broadcast("notifications/tools/list_changed", None, ToolsListChanged())
 
-    async def _provision(self, flight: _Flight) -> None:
+    async def _provision(self, flight: _Flight, after: float = 0.0) -> None:
         errors: list[str] = []
         try:
+            if after:
+                await anyio.sleep(after)
             async with anyio.create_task_group() as tg:
                 for alias, env in self.environments.items():
                     if alias not in self.links:
