@@ -45,7 +45,10 @@ class Recorder:
     def emit(self, method: str, *args: Any) -> None:
         """Queue one store call (`open_episode`, `add_call`, ...); never blocks, never raises."""
         if self.store is not None:
-            self._send.send_nowait((method, args))
+            try:
+                self._send.send_nowait((method, args))
+            except anyio.ClosedResourceError:  # after shutdown closed the store: nothing left to write to
+                logger.warning("episode store closed; %s was not recorded", method)
 
     async def run(self) -> None:
         try:
