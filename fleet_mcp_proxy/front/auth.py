@@ -23,7 +23,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..config import AuthConfig
 
 ANONYMOUS = "anonymous"  # the principal of every request when auth is off
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes carry no token and reveal nothing per principal
+# Probes carry no token and reveal nothing per principal. The dashboard page is a static shell (browsers cannot
+# send a bearer header when navigating): its data comes from /status, which the token in `#token=` unlocks.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/dashboard"})
 # What handlers see in `AccessToken.token`: never the credential, so nothing downstream can log or send it.
 REDACTED = "<redacted>"
 

@@ -223,7 +223,7 @@ class FastLane:
                 break
         raw = bytes(body)
         parsed: Any = None
-        with suppress(ValueError):
+        with suppress(ValueError, RecursionError):  # deep nesting too: the SDK path answers it as a parse error
             parsed = json.loads(raw)
         handled = False
         if isinstance(parsed, dict) and parsed.get("jsonrpc") == "2.0":
