@@ -36,6 +36,11 @@ def _outcome_error(exc: Exception, exposed: str, alias: str, timeout: float) -> 
         return tool_error(unreachable_message(alias, exposed))
     if isinstance(exc, MCPError) and exc.code == t.CONNECTION_CLOSED:
         return tool_error(stopped_message(alias, exposed))
+    if isinstance(exc, MCPError) and exc.code == t.PARSE_ERROR:  # our client could not parse the backend's answer
+        return tool_error(
+            f"The environment '{alias}' answered '{exposed}' with a malformed message; "
+            "the outcome of this call is unknown."
+        )
     raise exc
 
 
@@ -62,7 +67,7 @@ def _failure_kind(exc: Exception) -> str:
         return "timeout"
     if (
         isinstance(exc, MCPError)
-        and exc.code != t.CONNECTION_CLOSED
+        and exc.code not in (t.CONNECTION_CLOSED, t.PARSE_ERROR)
         and (exc.code, exc.message) not in _TRANSPORT_ERRORS
     ):
         return "protocol_error"  # the backend's own answer, re-raised to the client

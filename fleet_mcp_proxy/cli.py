@@ -120,6 +120,7 @@ async def _serve_http(config: ProxyConfig, tasks: dict[str, Task]) -> None:
             config.host,
             TOKEN_ENV,
         )
+    sock.listen(2048)  # clients that read the line below may connect at once: they queue until uvicorn accepts
     print(
         f"fleet-mcp-proxy {__version__} listening on http://{config.host}:{port}/mcp",
         file=sys.stderr,

@@ -171,7 +171,7 @@ async def test_a_retry_waits_for_a_budget_slot_and_gives_up_when_the_breaker_ope
             async with anyio.create_task_group() as tg:
                 tg.start_soon(call)
                 while budget.waited == 0:
-                    await anyio.sleep(0)
+                    await anyio.lowlevel.checkpoint()
                 assert fleet.calls == 1, "the retry waits: no call without a slot"
                 budget.release()  # the slot frees: the retry goes out, fails, and the breaker opens
         assert outcome == {"status": 503} and fleet.calls == 2 and breaker.state is State.OPEN

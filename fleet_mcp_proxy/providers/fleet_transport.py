@@ -4,8 +4,8 @@ A retry repeats the same request (same `X-Request-ID`, so the platform recognise
 429/502/503/504 and on network errors, after stamina's jittered backoff (or the server's Retry-After). A
 retry holds a slot of the proxy-wide budget from the moment it is decided until its attempt ends, backoff
 included; a retry without a free slot waits for one. Once the breaker has opened, the failure is
-handed back as it is: the caller's own error handling sees exactly what Fleet said. httpx-retries cannot hold a slot across its
-backoff, hence this small loop on stamina.
+handed back as it is: the caller's own error handling sees exactly what Fleet said. httpx-retries
+cannot hold a slot across its backoff, hence this small loop on stamina.
 """
 
 from __future__ import annotations
