@@ -178,43 +178,16 @@ async def test_an_instance_id_or_url_from_fleet_that_is_not_plain_is_never_used(
 
 
 # -- redirects are never followed ------------------------------------------------------------------------------------
-@pytest.mark.anyio
-async def test_an_instance_url_that_redirects_is_not_followed() -> None:
+async def _redirected_episode(redirects: Callable[[Scope], bool], target_path: str, episode: str) -> Seen:
+    """A Fleet episode whose matching requests are answered with a redirect elsewhere; what reached elsewhere."""
     attacker = Seen()
     async with serve(Recording(ok_app(), attacker), lifespan="off") as elsewhere:
 
         def bend(app: ASGIApp) -> ASGIApp:
-            redirect = redirect_to(f"{elsewhere}/mcp")
+            redirect = redirect_to(f"{elsewhere}{target_path}")
 
             async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-                if scope["type"] == "http" and re.match(r"^/inst-[^/]+/(api/v1/)?mcp", scope["path"]):
-                    await redirect(scope, receive, send)
-                else:
-                    await app(scope, receive, send)
-
-            return wrapped
-
-        async with (
-            running_emulator(FLEET_KEY, wrap=bend) as emu,
-            proxy_http(fleet_config(emu, provision_timeout=3)) as proxy,
-            http_client(f"{proxy.url}?episode=redirected", "2026-07-28") as c,
-        ):
-            with anyio.fail_after(60):
-                result = await c.call_tool("list_projects", {})
-            assert result.is_error, result
-    assert attacker.requests == [], "the redirect target was never contacted"
-
-
-@pytest.mark.anyio
-async def test_a_fleet_api_redirect_is_not_followed() -> None:
-    attacker = Seen()
-    async with serve(Recording(ok_app(), attacker), lifespan="off") as elsewhere:
-
-        def bend(app: ASGIApp) -> ASGIApp:
-            redirect = redirect_to(f"{elsewhere}/v1/env/instances")
-
-            async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-                if scope["type"] == "http" and (scope["method"], scope["path"]) == ("POST", "/v1/env/instances"):
+                if scope["type"] == "http" and redirects(scope):
                     await redirect(scope, receive, send)
                 else:
                     await app(scope, receive, send)
@@ -224,11 +197,27 @@ async def test_a_fleet_api_redirect_is_not_followed() -> None:
         async with (
             running_emulator(FLEET_KEY, wrap=bend) as emu,
             proxy_http(fleet_config(emu, provision_timeout=5)) as proxy,
-            http_client(f"{proxy.url}?episode=api-redirect", "2026-07-28") as c,
+            http_client(f"{proxy.url}?episode={episode}", "2026-07-28") as c,
         ):
             with anyio.fail_after(60):
                 result = await c.call_tool("list_projects", {})
             assert result.is_error, result
+    return attacker
+
+
+@pytest.mark.anyio
+async def test_an_instance_url_that_redirects_is_not_followed() -> None:
+    attacker = await _redirected_episode(
+        lambda scope: re.match(r"^/inst-[^/]+/(api/v1/)?mcp", scope["path"]) is not None, "/mcp", "redirected"
+    )
+    assert attacker.requests == [], "the redirect target was never contacted"
+
+
+@pytest.mark.anyio
+async def test_a_fleet_api_redirect_is_not_followed() -> None:
+    attacker = await _redirected_episode(
+        lambda scope: (scope["method"], scope["path"]) == ("POST", "/v1/env/instances"), "/v1/env/instances", "api"
+    )
     assert attacker.requests == [], "the Fleet API key never went to the redirect target"
 
 

@@ -26,11 +26,36 @@ logger = logging.getLogger(__name__)
 _TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
-class HeaderDeadlineProtocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline on the request line and headers of every request."""
+class _HeaderTimer:
+    """The timer both protocols share: armed when a request may begin, disarmed when its headers are in."""
 
     header_timeout = 10.0  # set per server by `header_deadline_protocol`
     _header_timer: asyncio.TimerHandle | None = None
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+
+    def _arm(self) -> None:
+        self._header_timer = self.loop.call_later(self.header_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _still_in_headers(self) -> bool:
+        return True
+
+    def _expired(self) -> None:
+        self._header_timer = None
+        if self._still_in_headers() and not self.transport.is_closing():
+            # Debug only: under a slowloris flood a line per connection would be a flood of its own.
+            logger.debug("closing a connection whose request headers took over %g s", self.header_timeout)
+            self.transport.write(_TIMEOUT_RESPONSE)
+            self.transport.close()
+
+
+class HeaderDeadlineProtocol(_HeaderTimer, H11Protocol):
+    """uvicorn's h11 protocol with a deadline on the request line and headers of every request."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -53,28 +78,12 @@ class HeaderDeadlineProtocol(H11Protocol):
         self._disarm()
         super().connection_lost(exc)
 
-    def _arm(self) -> None:
-        self._header_timer = self.loop.call_later(self.header_timeout, self._expired)
-
-    def _disarm(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _expired(self) -> None:
-        self._header_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            # Debug only: under a slowloris flood a line per connection would be a flood of its own.
-            logger.debug("closing a connection whose request headers took over %g s", self.header_timeout)
-            self.transport.write(_TIMEOUT_RESPONSE)
-            self.transport.close()
+    def _still_in_headers(self) -> bool:
+        return self.conn.their_state is h11.IDLE
 
 
-class HttpToolsHeaderDeadlineProtocol(HttpToolsProtocol):
-    """The same deadline on uvicorn's httptools protocol (the C parser: the fast front, when installed)."""
-
-    header_timeout = 10.0
-    _header_timer: asyncio.TimerHandle | None = None
+class HttpToolsHeaderDeadlineProtocol(_HeaderTimer, HttpToolsProtocol):
+    """The same deadline on uvicorn's httptools protocol (the C parser: the fast front)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -92,21 +101,6 @@ class HttpToolsHeaderDeadlineProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
-
-    def _arm(self) -> None:
-        self._header_timer = self.loop.call_later(self.header_timeout, self._expired)
-
-    def _disarm(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _expired(self) -> None:
-        self._header_timer = None
-        if not self.transport.is_closing():
-            logger.debug("closing a connection whose request headers took over %g s", self.header_timeout)
-            self.transport.write(_TIMEOUT_RESPONSE)
-            self.transport.close()
 
 
 def header_deadline_protocol(header_timeout: float, parser: str = "httptools") -> type[asyncio.Protocol]:
