@@ -5,7 +5,9 @@
 #     -v "$PWD/proxy.toml:/etc/fleet-mcp-proxy/config.toml:ro" -v fmp-data:/data fleet-mcp-proxy
 # The default config (docker/config.toml) binds 0.0.0.0:8000 and allows the Host values localhost:8000 and
 # 127.0.0.1:8000; a mounted config lists the names clients really use under [proxy] allowed_hosts.
-FROM python:3.11-slim
+# BASE_IMAGE: any image with Python 3.11 and its venv module (e.g. a mirror's copy of python:3.11-slim).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -21,10 +23,11 @@ RUN python3 -m venv /opt/venv \
 
 COPY docker/config.toml /etc/fleet-mcp-proxy/config.toml
 # The episode record lives in /data ($XDG_STATE_HOME): mount a volume there to keep it.
-RUN useradd --create-home --uid 10001 proxy && mkdir -p /data && chown proxy:proxy /data
+# Not "proxy": Debian's base-passwd (so python:3.11-slim too) already has a system user by that name.
+RUN useradd --create-home --uid 10001 mcpproxy && mkdir -p /data && chown mcpproxy:mcpproxy /data
 VOLUME /data
-USER proxy
-WORKDIR /home/proxy
+USER mcpproxy
+WORKDIR /home/mcpproxy
 
 EXPOSE 8000
 # /healthz needs no token and no curl: the image's own Python asks it.

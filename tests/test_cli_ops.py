@@ -214,7 +214,7 @@ def test_the_image_config_passes_the_exposure_check_the_dockerfile_relies_on() -
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "COPY docker/config.toml /etc/fleet-mcp-proxy/config.toml" in dockerfile
     assert '"serve", "--config", "/etc/fleet-mcp-proxy/config.toml"' in dockerfile
-    assert "USER proxy" in dockerfile and "/healthz" in dockerfile and "EXPOSE 8000" in dockerfile
+    assert "USER mcpproxy" in dockerfile and "/healthz" in dockerfile and "EXPOSE 8000" in dockerfile
     config = load_config(ROOT / "docker" / "config.toml", environ={})
     assert (config.host, config.port) == ("0.0.0.0", 8000)
     check_exposure(config)  # a non-loopback bind with an explicit allow-list: serve starts

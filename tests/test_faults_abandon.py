@@ -19,8 +19,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 Record = Callable[[str, object], None]
 CYCLES = 1000  # the R3 target; each cycle is one handshake, one forwarded call and one backend link
-CONCURRENCY = 24
-IDLE = 0.5  # seconds; the reaper sweeps every idle/4
+CONCURRENCY = 8
+IDLE = 1.0  # seconds; the reaper sweeps every idle/4
 
 
 def figure(record_property: Record, line: str) -> None:
@@ -44,6 +44,7 @@ async def abandon_one(url: str, n: int) -> None:
     async with httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, read=None)) as http:
         transport = streamable_http_client(url, http_client=http, terminate_on_close=False)
         async with Client(transport, mode="legacy", cache=None) as c:  # type: ignore[arg-type]
+            await c.list_tools()  # provisions the episode and opens its backend link; the call then rides the lane
             result = await c.call_tool("echo", {"text": f"cycle-{n}"})
             assert result.structured_content == {"text": f"cycle-{n}", "backend": "a"}, result
 
