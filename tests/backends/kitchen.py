@@ -248,6 +248,7 @@ async def _serve_http(server: Server[Any]) -> None:
     sock.bind(("127.0.0.1", 0))
     app = server.streamable_http_app(host="127.0.0.1")
     uv = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
+    sock.listen(128)  # a client that read READY may connect at once: it queues until uvicorn accepts
     print(f"READY http://127.0.0.1:{sock.getsockname()[1]}/mcp", flush=True)
     await uv.serve(sockets=[sock])
 
