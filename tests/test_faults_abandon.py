@@ -19,10 +19,10 @@ from mcp.client.streamable_http import streamable_http_client
 
 Record = Callable[[str, object], None]
 TARGET = 1000  # reliability.md R3
-# Each cycle costs the shared event loop ~0.1 s (client and proxy both run here: a handshake, a GET stream, a
-# tools/list that opens the episode's backend link, a call on the lane), so 1,000 would take ~2 min on 2 cores;
-# 300 keep the test near a minute and still pile up hundreds of abandoned episodes for the reaper.
-CYCLES = 300
+# Each cycle costs the shared event loop several ms of CPU (client and proxy both run here: a handshake, a GET
+# stream, a tools/list that opens the episode's backend link, a call on the lane): the full 1,000 take one to
+# two minutes on 2 cores.
+CYCLES = TARGET
 # The warm-up reaches the soak's steady state (up to ~2 x CONCURRENCY episodes alive while the reaper catches
 # up), so the heap's high-water mark is set before the baseline and RSS growth measures leaks, not warm-up.
 WARMUP = 80
@@ -71,7 +71,7 @@ async def cycles(url: str, first: int, count: int) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(600)
 async def test_r3_abandoned_clients_leave_no_episode_task_fd_or_memory_behind(record_property: Record) -> None:
     async with kitchen_http("a") as backend, proxy_http(config_with(f"a={backend}", idle_timeout=IDLE)) as proxy:
         episodes = proxy.state.registry.episodes
@@ -94,7 +94,7 @@ async def test_r3_abandoned_clients_leave_no_episode_task_fd_or_memory_behind(re
         started = anyio.current_time()
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch)
-            with anyio.fail_after(120):
+            with anyio.fail_after(450):
                 await cycles(proxy.url, WARMUP, CYCLES)
             tg.cancel_scope.cancel()
         elapsed = anyio.current_time() - started
@@ -108,7 +108,7 @@ async def test_r3_abandoned_clients_leave_no_episode_task_fd_or_memory_behind(re
         growth_mib = (rss - base_rss) / 1024
         figure(
             record_property,
-            f"R3: {CYCLES} open/abandon cycles after {WARMUP} warm-up (target {TARGET}; fewer to stay near 60 s), "
+            f"R3: {CYCLES} open/abandon cycles after {WARMUP} warm-up (target {TARGET}), "
             f"{CONCURRENCY} at once, idle_timeout {IDLE:g} s, in {elapsed:.1f} s; "
             f"peak live episodes {peak}, after the reaper {len(episodes)}; tasks {base_tasks}->{tasks}; "
             f"fds {base_fds}->{fds}; RSS growth {growth_mib:.1f} MiB (target < 20)",
