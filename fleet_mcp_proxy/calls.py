@@ -37,10 +37,7 @@ def _outcome_error(exc: Exception, exposed: str, alias: str, timeout: float) -> 
     if isinstance(exc, MCPError) and exc.code == t.CONNECTION_CLOSED:
         return tool_error(stopped_message(alias, exposed))
     if isinstance(exc, MCPError) and exc.code == t.PARSE_ERROR:  # our client could not parse the backend's answer
-        return tool_error(
-            f"The environment '{alias}' answered '{exposed}' with a malformed message; "
-            "the outcome of this call is unknown."
-        )
+        return tool_error(malformed_message(alias, exposed))
     raise exc
 
 
@@ -55,6 +52,12 @@ def unreachable_message(alias: str, exposed: str) -> str:
     return (
         f"The environment '{alias}' could not be reached while running '{exposed}'; "
         "the outcome of this call is unknown."
+    )
+
+
+def malformed_message(alias: str, exposed: str) -> str:
+    return (
+        f"The environment '{alias}' answered '{exposed}' with a malformed message; the outcome of this call is unknown."
     )
 
 

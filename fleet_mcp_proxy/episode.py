@@ -92,7 +92,9 @@ class Episode:
         self.key = key
         self.progress_interval = progress_interval  # reports to a request waiting for provisioning
         self._catalog_cache = catalog_cache
-        self._cache_keys = {env.name: cache_key(env, modality, fleet) for env in environments}
+        self._cache_keys = (
+            {env.name: cache_key(env, modality, fleet) for env in environments} if catalog_cache is not None else {}
+        )
         self._served_from_cache = False
         self._cached_view: list[dict[str, Any]] = []
         self.keepalive_interval = keepalive_interval  # progress beats on a silent tool call

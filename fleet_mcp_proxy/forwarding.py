@@ -12,7 +12,7 @@ from mcp.server import ServerRequestContext
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from .progress import ProgressSender, sender_for
+from .progress import ProgressSender, sender_for, wants_progress
 from .roundtrip import PendingCall
 
 _RESERVED_META = "io.modelcontextprotocol/"
@@ -35,7 +35,7 @@ class Caller:
     def __init__(self, ctx: ServerRequestContext[Any, Any]) -> None:
         self._ctx = ctx
         self.modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
-        self.wants_progress = bool(ctx.meta and ctx.meta.get("progress_token") is not None)
+        self.wants_progress = wants_progress(ctx)
         # Only a request with a progress token needs one: it keeps the values monotonic across relays and beats.
         self.sender: ProgressSender | None = sender_for(ctx) if self.wants_progress else None
         self.pending: PendingCall | None = None

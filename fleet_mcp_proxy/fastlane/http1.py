@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import select
 import ssl
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -161,7 +161,7 @@ class Http1Pool:
         with anyio.CancelScope(shield=True), anyio.move_on_after(1):
             await conn.stream.aclose()
 
-    async def post(self, headers: list[tuple[bytes, bytes]], body: bytes) -> Http1Response:
+    async def post(self, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> Http1Response:
         """Send one POST and read the answer's head; the body is read through the response.
 
         Raises:

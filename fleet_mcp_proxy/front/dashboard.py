@@ -13,7 +13,7 @@ from importlib.resources import files
 
 import anyio
 from mcp.server.auth.middleware.auth_context import get_access_token
-from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from mcp.server.transport_security import TransportSecurityMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -78,14 +78,13 @@ def _html() -> str:
     return files("fleet_mcp_proxy.front").joinpath("dashboard.html").read_text(encoding="utf-8")
 
 
-def routes(holder: StateHolder, security: TransportSecuritySettings) -> list[Route]:
+def routes(holder: StateHolder, guard: TransportSecurityMiddleware) -> list[Route]:
     """The operator routes; `holder` reaches the state the server lifespan creates.
 
     `/status` and `/dashboard` get the same Host/Origin checks as `/mcp` (a DNS-rebinding page must not
     read them); the probes stay open to orchestrators that call them by pod address.
     """
     started = time.monotonic()
-    guard = TransportSecurityMiddleware(security)
     page = _html()  # read once: the file ships inside the package
 
     async def readyz(request: Request) -> Response:

@@ -121,10 +121,14 @@ def reserve_instances(ctx: Ctx, episode: Episode) -> None:
         raise ProvisionError(refusal)
 
 
-async def ready_episode(ctx: Ctx) -> Episode:
+async def ready_episode(ctx: Ctx, *, tools_from_cache: bool = False) -> Episode:
+    """The request's episode, provisioned; or, with `tools_from_cache`, with its tool list from the catalog
+    cache while provisioning runs behind it."""
     episode = episode_for(ctx)
     try:
         reserve_instances(ctx, episode)
+        if tools_from_cache and not episode.provisioned and await episode.tools_before_ready():
+            return episode
         await wait_ready(ctx, episode)
     except EpisodeEnded as exc:
         raise MCPError(t.INVALID_REQUEST, str(exc)) from None

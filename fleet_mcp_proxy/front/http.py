@@ -97,20 +97,18 @@ class McpEndpoint:
 
 
 def build_app(config: ProxyConfig, server: ProxyServer, holder: StateHolder) -> Starlette:
+    security = security_settings(config)
+    guard = TransportSecurityMiddleware(security)  # the same Host/Origin rules the SDK applies on /mcp
     manager = StreamableHTTPSessionManager(
         app=server,
-        security_settings=security_settings(config),
+        security_settings=security,
         # The proxy's own idle timeout (which also sees open GET streams) ends episodes; the
         # transport's reaper only cleans up after clients that vanished.
         session_idle_timeout=config.idle_timeout,
         max_sessions=config.max_sessions,
         max_request_body_size=config.max_request_body,
     )
-    lane = None
-    if config.fast_lane:
-        lane = FastLane(
-            manager, holder, TransportSecurityMiddleware(security_settings(config)), body_limit=config.max_request_body
-        )
+    lane = FastLane(manager, holder, guard, body_limit=config.max_request_body) if config.fast_lane else None
     holder.lane = lane
     endpoint = McpEndpoint(manager, holder, lane)
 
@@ -142,7 +140,7 @@ def build_app(config: ProxyConfig, server: ProxyServer, holder: StateHolder) -> 
             Route("/mcp", endpoint=endpoint, methods=["GET", "POST", "DELETE"]),
             Route("/healthz", healthz),
             Route("/episodes/{episode_id:str}", episode_record),
-            *operator_routes(holder, security_settings(config)),  # /readyz, /status, /dashboard
+            *operator_routes(holder, guard),  # /readyz, /status, /dashboard
         ],
         lifespan=lifespan,
         middleware=auth_middleware(config.auth),  # app-wide: every route but the health probes

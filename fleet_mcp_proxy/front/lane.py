@@ -19,7 +19,6 @@ from typing import Any
 import anyio
 import mcp_types as t
 from mcp import MCPError
-from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -28,13 +27,14 @@ from starlette.requests import Request
 from starlette.types import Message, Receive, Send
 
 from .. import telemetry
-from ..calls import stopped_message, timeout_message, unreachable_message
+from ..calls import malformed_message, stopped_message, timeout_message, unreachable_message
 from ..episode import Episode
 from ..fastlane.http1 import Http1Response, LaneError
 from ..fastlane.sse import SseDecoder, encode_event
 from ..fastlane.target import LaneTarget
 from ..forwarding import forward_params, tool_error
 from ..recorder import now
+from .auth import current_principal
 from .episodes import StateHolder
 from .identity import RequestIdentity, episode_slot
 from .toolresult import finish_forwarded
@@ -204,8 +204,7 @@ class FastLane:
             return receive  # the SDK path answers 406
         if await self._security.validate_request(request, is_post=True) is not None:
             return receive  # Host, Origin or Content-Type refused: the SDK path says so
-        token = get_access_token()
-        principal = token.client_id if token is not None else "anonymous"
+        principal = current_principal()
         slot = episode_slot(RequestIdentity(principal, key, session_id, False), default_episode=False)
         episode = state.registry.episodes.get(slot)
         transport = getattr(self._manager, "_server_instances", {}).get(session_id)
@@ -334,7 +333,7 @@ class FastLane:
         with call.scope:
             try:
                 with anyio.fail_after(timeout):
-                    response = await call.target.pool.post(list(call.target.headers), body)
+                    response = await call.target.pool.post(call.target.headers, body)
                     answer = await self._read(response, call, episode, alias, exposed, writer, sid)
             except TimeoutError:
                 await self._notify(call.target, _cancelled(call.backend_id, "timed out"))
@@ -348,7 +347,7 @@ class FastLane:
             except ValueError:  # not JSON: the environment broke the protocol
                 logger.warning("environment %s answered a tool call with malformed JSON", alias)
                 _failed("transport_error")
-                return {"result": tool_error(stopped_message(alias, exposed))}
+                return {"result": tool_error(malformed_message(alias, exposed))}
         if call.scope.cancelled_caught:
             await self._notify(call.target, _cancelled(call.backend_id, "cancelled by the client"))
             return None
@@ -371,7 +370,7 @@ class FastLane:
             await response.release()
             return {"result": tool_error(unreachable_message(alias, exposed))}
         if response.headers.get(b"content-type", b"").startswith(b"application/json"):
-            return _answer(json.loads(await response.read()), call)
+            return _answer(json.loads(await response.read()))
         decoder = SseDecoder()
         answer: Any = None
         async with aclosing(response.chunks()) as chunks:
@@ -381,7 +380,7 @@ class FastLane:
                     if not isinstance(message, dict):
                         continue
                     if "method" not in message and message.get("id") == call.backend_id:
-                        answer = _answer(message, call)
+                        answer = _answer(message)
                         break
                     await self._interim(message, data, call, episode, alias, writer, sid)
                 if answer is not None:
@@ -424,7 +423,7 @@ class FastLane:
         """Post a notification or an answer to the backend session: best effort, shielded and bounded."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             try:
-                response = await target.pool.post(list(target.headers), _dumps(message))
+                response = await target.pool.post(target.headers, _dumps(message))
                 await response.read()
             except LaneError:
                 logger.info("could not deliver %s to a backend", message.get("method") or "an answer")
@@ -450,7 +449,7 @@ def _cancelled(request_id: str, reason: str) -> dict[str, Any]:
     }
 
 
-def _answer(message: Any, call: _Call) -> dict[str, Any]:
+def _answer(message: Any) -> dict[str, Any]:
     if isinstance(message, dict) and isinstance(message.get("result"), dict):
         return {"result": message["result"]}
     if isinstance(message, dict) and isinstance(message.get("error"), dict):

@@ -57,15 +57,7 @@ class ProxyServer(Server[ProxyState]):
 
 # -- tools ----------------------------------------------------------------------------------------------------
 async def list_tools(ctx: Ctx, params: t.PaginatedRequestParams) -> HandlerResult:
-    episode = episode_for(ctx)
-    if not episode.provisioned and episode.ended is None:
-        try:
-            reserve_instances(ctx, episode)
-        except ProvisionError as exc:
-            raise MCPError(t.INTERNAL_ERROR, f"The environments could not be started: {exc}") from None
-        if await episode.tools_before_ready():  # the catalog cache: no instance needed to list
-            return {"tools": list(episode.tools.tools)}
-    episode = await ready_episode(ctx)
+    episode = await ready_episode(ctx, tools_from_cache=True)
     return {"tools": list(episode.tools.tools)}
 
 
