@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 from fleet_mcp_proxy.store import (
+    SCHEMA_VERSION,
     CallRecord,
     DuplicateRecord,
     EpisodeRecord,
@@ -51,7 +52,7 @@ async def record_full_episode(store: SQLiteStore, episode_id: str, task_key: str
         assert await store.add_call(episode_id, a_call(n)) == n
     await store.instance_released(episode_id, "local-1", T0 + timedelta(seconds=10))
     await store.set_submission(episode_id, "the answer is 42", T0 + timedelta(seconds=11))
-    await store.set_result(episode_id, REWARD, VERIFIER)
+    await store.grade(episode_id, REWARD, VERIFIER, T0 + timedelta(seconds=11.5))
     await store.end_episode(episode_id, "submitted", T0 + timedelta(seconds=12))
 
 
@@ -85,6 +86,9 @@ def expected_full_episode(episode_id: str, task_key: str | None = "task-1") -> E
             ),
         ),
         calls=tuple(a_call(n, seq=n) for n in range(1, 4)),
+        state="closed",
+        graded_at=T0 + timedelta(seconds=11.5),
+        closed_at=T0 + timedelta(seconds=12),
     )
 
 
@@ -106,7 +110,7 @@ async def test_wal_mode_and_schema_version(tmp_path: Path) -> None:
         assert await anyio.Path(f"{db}-wal").exists()  # commits go to the write-ahead log
         with sqlite3.connect(db) as peek:  # a second reader while the store is open: WAL allows it
             assert peek.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-            assert peek.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+            assert peek.execute("SELECT MAX(version) FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
         peek.close()
 
 

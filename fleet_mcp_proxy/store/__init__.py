@@ -13,7 +13,8 @@ from .records import (
     StoreError,
     to_iso,
 )
-from .sqlite import SCHEMA_VERSION, SQLiteStore, open_store
+from .schema import SCHEMA_VERSION
+from .sqlite import SQLiteStore, open_store
 
 __all__ = [
     "SCHEMA_VERSION",

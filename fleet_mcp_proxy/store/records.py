@@ -97,6 +97,9 @@ class EpisodeRecord:
     verifier: JSONObject | None = None
     instances: tuple[InstanceRecord, ...] = ()
     calls: tuple[CallRecord, ...] = ()
+    state: str = "closed"
+    graded_at: datetime | None = None
+    closed_at: datetime | None = None
 
     def to_json(self) -> JSONObject:
         submitted = self.submitted_at is not None
@@ -107,6 +110,9 @@ class EpisodeRecord:
             "started_at": to_iso(self.started_at),
             "ended_at": _iso(self.ended_at),
             "end_reason": self.end_reason,
+            "state": self.state,
+            "graded_at": _iso(self.graded_at),
+            "closed_at": _iso(self.closed_at),
             "submission": {"answer": self.answer, "submitted_at": _iso(self.submitted_at)} if submitted else None,
             "reward": self.reward,
             "verifier": self.verifier,
@@ -127,6 +133,7 @@ class EpisodeSummary:
     submitted: bool
     status: str | None  # the reward's "status", if scored
     reward: float | None
+    state: str = "closed"
 
     def to_json(self) -> JSONObject:
         return {
@@ -140,17 +147,71 @@ class EpisodeSummary:
             "submitted": self.submitted,
             "status": self.status,
             "reward": self.reward,
+            "state": self.state,
         }
+
+
+# -- the durable end ------------------------------------------------------------------------------------------------
+EndState = Literal["live", "ending", "verifying", "graded", "releasing", "closed"]
+END_STATES: tuple[EndState, ...] = ("live", "ending", "verifying", "graded", "releasing", "closed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PendingInstance:
+    """What finishing an episode needs of one of its instances: how to grade against it and release it."""
+
+    alias: str
+    instance_id: str
+    provider: Provider
+    url: str | None = None
+    data_dir: str | None = None
+    expires_at: float | None = None  # epoch seconds
+
+
+@dataclass(frozen=True, kw_only=True)
+class PendingEnd:
+    """An episode that is not closed: enough to finish it in another process."""
+
+    episode_id: str
+    principal: str
+    state: EndState
+    owner: str | None
+    end_reason: str | None
+    task: JSONObject | None  # the bound task (as `Task.model_dump`), or None
+    answer: str | None
+    reward: JSONObject | None
+    instances: tuple[PendingInstance, ...]  # not yet released
+
+
+@dataclass(frozen=True, kw_only=True)
+class OwnerRecord:
+    """A process that holds episodes of this store; alive while its lease runs (and, on its host, its pid)."""
+
+    owner_id: str
+    host: str
+    pid: int
+    started_at: datetime
+    lease_until: float  # epoch seconds
 
 
 class EpisodeStore(Protocol):
     """Where episodes are recorded. SQLite now; a server database when several proxy replicas share one."""
 
     async def open_episode(
-        self, episode_id: str, principal: str, task_key: str | None, started_at: datetime
+        self, episode_id: str, principal: str, task_key: str | None, started_at: datetime, owner: str | None = None
     ) -> None: ...
     async def add_instance(
-        self, episode_id: str, alias: str, instance_id: str, provider: Provider, spec: str, created_at: datetime
+        self,
+        episode_id: str,
+        alias: str,
+        instance_id: str,
+        provider: Provider,
+        spec: str,
+        created_at: datetime,
+        *,
+        url: str | None = None,
+        data_dir: str | None = None,
+        expires_at: float | None = None,
     ) -> None: ...
     async def instance_released(self, episode_id: str, instance_id: str, released_at: datetime) -> None: ...
     async def add_call(self, episode_id: str, call: CallRecord) -> int:
@@ -166,6 +227,39 @@ class EpisodeStore(Protocol):
     ) -> builtins.list[EpisodeSummary]: ...
     def export(self, since: datetime | None = None) -> AsyncIterator[JSONObject]:
         """Every episode started at or after `since`, oldest first, as `EpisodeRecord.to_json()`."""
+        ...
+
+    # -- the durable end (see docs/episode-end.md) --
+    async def begin_end(self, episode_id: str, reason: str, ended_at: datetime, task: JSONObject | None) -> None:
+        """live -> ending, with the reason and what grading needs; no-op once past live."""
+        ...
+
+    async def set_state(self, episode_id: str, state: EndState, at: datetime) -> None:
+        """Move a row that is not closed to `state` (closed rows never reopen)."""
+        ...
+
+    async def grade(self, episode_id: str, reward: JSONObject, verifier: JSONObject, at: datetime) -> JSONObject:
+        """Store the grade unless one is stored already; returns the stored one (grading is idempotent)."""
+        ...
+
+    async def unfinished(self) -> builtins.list[PendingEnd]: ...
+    async def claim(self, episode_id: str, owner: str, expected: str | None) -> bool:
+        """Compare-and-set the owner of a row that is not closed; True if this caller now owns it."""
+        ...
+
+    async def disown(self, owner: str) -> int:
+        """Give up every unfinished row `owner` holds (for the next process or a finisher); returns the count."""
+        ...
+
+    async def register_owner(self, owner: OwnerRecord) -> None: ...
+    async def renew_owner(self, owner_id: str, lease_until: float) -> None:
+        """One statement per interval for all of an owner's episodes."""
+        ...
+
+    async def drop_owner(self, owner_id: str) -> None: ...
+    async def owners(self) -> builtins.list[OwnerRecord]: ...
+    async def meta(self, key: str, default: str) -> str:
+        """The stored value of `key`, set to `default` by the first caller."""
         ...
 
     async def aclose(self) -> None: ...

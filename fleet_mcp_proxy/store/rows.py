@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, cast
 
-from .records import CallRecord, InstanceRecord, JSONObject, from_iso
+from .records import CallRecord, InstanceRecord, JSONObject, OwnerRecord, PendingEnd, PendingInstance, from_iso
 
 
 def episode_fields(row: sqlite3.Row) -> dict[str, Any]:
@@ -50,3 +51,43 @@ def call_of(row: sqlite3.Row) -> CallRecord:
         started_at=from_iso(row["started_at"]),
         duration_ms=row["duration_ms"],
     )
+
+
+def owner_of(row: sqlite3.Row) -> OwnerRecord:
+    return OwnerRecord(
+        owner_id=row["id"],
+        host=row["host"],
+        pid=row["pid"],
+        started_at=from_iso(row["started_at"]),
+        lease_until=row["lease_until"],
+    )
+
+
+def pending_ends(episodes: Iterable[sqlite3.Row], instances: Iterable[sqlite3.Row]) -> list[PendingEnd]:
+    """Unfinished episode rows with their unreleased instances."""
+    held: dict[str, list[PendingInstance]] = {}
+    for row in instances:
+        held.setdefault(row["episode_id"], []).append(
+            PendingInstance(
+                alias=row["alias"],
+                instance_id=row["instance_id"],
+                provider=row["provider"],
+                url=row["url"],
+                data_dir=row["data_dir"],
+                expires_at=row["expires_at"],
+            )
+        )
+    return [
+        PendingEnd(
+            episode_id=row["id"],
+            principal=row["principal"],
+            state=row["state"],
+            owner=row["owner"],
+            end_reason=row["end_reason"],
+            task=json_object(row["task"]),
+            answer=row["answer"],
+            reward=json_object(row["reward"]),
+            instances=tuple(held.get(row["id"], ())),
+        )
+        for row in episodes
+    ]

@@ -7,7 +7,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -18,37 +18,37 @@ import anyio
 from .records import (
     CallRecord,
     DuplicateRecord,
+    EndState,
     EpisodeRecord,
     EpisodeStore,
     EpisodeSummary,
     JSONObject,
+    OwnerRecord,
+    PendingEnd,
     Provider,
     RecordNotFound,
     StoreError,
     to_iso,
 )
-from .rows import call_of, episode_fields, instance_of, json_object, time_of
+from .rows import call_of, episode_fields, instance_of, json_object, owner_of, pending_ends, time_of
+from .schema import MIGRATIONS, SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
-_SCHEMA = (
-    """CREATE TABLE episodes (
-        id TEXT PRIMARY KEY, principal TEXT NOT NULL, task_key TEXT, started_at TEXT NOT NULL,
-        ended_at TEXT, end_reason TEXT, answer TEXT, submitted_at TEXT,
-        reward TEXT, verifier TEXT)""",  # reward, verifier: JSON objects
-    "CREATE INDEX episodes_by_start ON episodes (started_at, id)",
-    "CREATE INDEX episodes_by_task ON episodes (task_key, started_at)",
-    """CREATE TABLE instances (
-        episode_id TEXT NOT NULL REFERENCES episodes (id), instance_id TEXT NOT NULL, alias TEXT NOT NULL,
-        provider TEXT NOT NULL CHECK (provider IN ('local', 'fleet')), spec TEXT NOT NULL,
-        created_at TEXT NOT NULL, released_at TEXT, UNIQUE (episode_id, instance_id))""",
-    """CREATE TABLE calls (
-        episode_id TEXT NOT NULL REFERENCES episodes (id), seq INTEGER NOT NULL, tool TEXT NOT NULL,
-        arguments TEXT NOT NULL, result_bytes INTEGER NOT NULL, is_error INTEGER NOT NULL,
-        started_at TEXT NOT NULL, duration_ms REAL NOT NULL, PRIMARY KEY (episode_id, seq)) WITHOUT ROWID""",
-)
 # One statement, so numbering is atomic even if another connection writes the same file.
 _INSERT_CALL = """INSERT INTO calls
     SELECT ?, COALESCE(?, MAX(seq) + 1, 1), ?, ?, ?, ?, ?, ? FROM calls WHERE episode_id = ? RETURNING seq"""
+_BEGIN_END = """UPDATE episodes SET state = 'ending', end_reason = COALESCE(end_reason, ?),
+    ended_at = COALESCE(ended_at, ?), task = COALESCE(?, task) WHERE id = ? AND state = 'live'"""
+_SET_STATE = (
+    """UPDATE episodes SET state = ?1, closed_at = COALESCE(?2, closed_at) WHERE id = ?3 AND state != 'closed'"""
+)
+# A grade is written once: a retried grading (another process, a restart) finds it and keeps it.
+_GRADE = """UPDATE episodes SET reward = ?, verifier = ?, graded_at = ?,
+    state = CASE WHEN state IN ('live', 'ending', 'verifying') THEN 'graded' ELSE state END
+    WHERE id = ? AND reward IS NULL RETURNING id"""
+_CLAIM = """UPDATE episodes SET owner = ?1 WHERE id = ?2 AND state != 'closed'
+    AND (owner = ?3 OR (owner IS NULL AND ?4 IS NULL)) RETURNING id"""
+_UNRELEASED = """SELECT i.* FROM instances i JOIN episodes e ON e.id = i.episode_id
+    WHERE e.state != 'closed' AND i.released_at IS NULL ORDER BY i.rowid"""
 _SUMMARIES = """SELECT e.*, (SELECT COUNT(*) FROM calls c WHERE c.episode_id = e.id) AS call_count
     FROM episodes e WHERE ?1 IS NULL OR e.task_key = ?1 ORDER BY e.started_at DESC, e.id DESC LIMIT ?2 OFFSET ?3"""
 _EXPORT_IDS = "SELECT started_at, id FROM episodes WHERE (started_at, id) >= (?, ?) ORDER BY started_at, id LIMIT ?"
@@ -102,15 +102,21 @@ class SQLiteStore:
         # only an OS crash or power loss can lose the last few commits, not worth an fsync per tool call.
         await db.execute("PRAGMA synchronous = NORMAL")
         if not self._create:
-            await self._check_version(db)
+            version = await self._check_version(db)
+            if version is not None and version < SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema version {version}; start `fleet-mcp-proxy serve` (or `finish`) on it "
+                    f"once to upgrade it to {SCHEMA_VERSION}"
+                )
             return
         await db.execute("BEGIN IMMEDIATE")  # two processes opening a new file must not both create the schema
         try:
             await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            if await self._check_version(db) is None:
-                for statement in _SCHEMA:
+            version = await self._check_version(db) or 0
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[number - 1]:
                     await db.execute(statement)
-                await db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+                await db.execute("INSERT INTO schema_version VALUES (?)", (number,))
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
@@ -140,7 +146,7 @@ class SQLiteStore:
                 yield self._db
 
     async def _write(
-        self, episode_id: str, sql: str, params: tuple[Any, ...], missing: str = ""
+        self, episode_id: str, sql: str, params: tuple[Any, ...], missing: str = "", *, must_change: bool = True
     ) -> builtins.list[sqlite3.Row]:
         async with self._exclusive() as db:
             try:
@@ -154,19 +160,33 @@ class SQLiteStore:
                 if exc.sqlite_errorname in ("SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"):
                     raise DuplicateRecord(f"episode {episode_id}: {exc}") from None
                 raise StoreError(f"episode {episode_id}: {exc}") from None
-        if changed == 0:
+        if changed == 0 and must_change:
             raise RecordNotFound(missing or f"no episode {episode_id}")
         return rows
 
-    async def open_episode(self, episode_id: str, principal: str, task_key: str | None, started_at: datetime) -> None:
-        sql = "INSERT INTO episodes (id, principal, task_key, started_at) VALUES (?, ?, ?, ?)"
-        await self._write(episode_id, sql, (episode_id, principal, task_key, to_iso(started_at)))
+    async def open_episode(
+        self, episode_id: str, principal: str, task_key: str | None, started_at: datetime, owner: str | None = None
+    ) -> None:
+        sql = "INSERT INTO episodes (id, principal, task_key, started_at, state, owner) VALUES (?, ?, ?, ?, 'live', ?)"
+        await self._write(episode_id, sql, (episode_id, principal, task_key, to_iso(started_at), owner))
 
     async def add_instance(
-        self, episode_id: str, alias: str, instance_id: str, provider: Provider, spec: str, created_at: datetime
+        self,
+        episode_id: str,
+        alias: str,
+        instance_id: str,
+        provider: Provider,
+        spec: str,
+        created_at: datetime,
+        *,
+        url: str | None = None,
+        data_dir: str | None = None,
+        expires_at: float | None = None,
     ) -> None:
-        sql = "INSERT INTO instances (episode_id, instance_id, alias, provider, spec, created_at) VALUES (?,?,?,?,?,?)"
-        await self._write(episode_id, sql, (episode_id, instance_id, alias, provider, spec, to_iso(created_at)))
+        sql = """INSERT INTO instances (episode_id, instance_id, alias, provider, spec, created_at, url, data_dir,
+            expires_at) VALUES (?,?,?,?,?,?,?,?,?)"""
+        params = (episode_id, instance_id, alias, provider, spec, to_iso(created_at), url, data_dir, expires_at)
+        await self._write(episode_id, sql, params)
 
     async def instance_released(self, episode_id: str, instance_id: str, released_at: datetime) -> None:
         sql = "UPDATE instances SET released_at = ? WHERE episode_id = ? AND instance_id = ?"
@@ -184,11 +204,89 @@ class SQLiteStore:
         await self._write(episode_id, sql, (answer, to_iso(submitted_at), episode_id))
 
     async def set_result(self, episode_id: str, reward: JSONObject, verifier: JSONObject) -> None:
-        sql = "UPDATE episodes SET reward = ?, verifier = ? WHERE id = ?"
-        await self._write(episode_id, sql, (json.dumps(reward), json.dumps(verifier), episode_id))
+        await self.grade(episode_id, reward, verifier, datetime.now(UTC))
+
+    # -- the durable end ------------------------------------------------------------------------------------------
+    async def begin_end(self, episode_id: str, reason: str, ended_at: datetime, task: JSONObject | None) -> None:
+        await self._require(episode_id)
+        await self._write(
+            episode_id, _BEGIN_END, (reason, to_iso(ended_at), _dumps(task), episode_id), must_change=False
+        )
+
+    async def set_state(self, episode_id: str, state: EndState, at: datetime) -> None:
+        await self._require(episode_id)
+        closed_at = to_iso(at) if state == "closed" else None
+        await self._write(episode_id, _SET_STATE, (state, closed_at, episode_id), must_change=False)
+
+    async def grade(self, episode_id: str, reward: JSONObject, verifier: JSONObject, at: datetime) -> JSONObject:
+        params = (json.dumps(reward), json.dumps(verifier), to_iso(at), episode_id)
+        if await self._write(episode_id, _GRADE, params, must_change=False):
+            return reward
+        async with self._exclusive() as db:
+            rows = builtins.list(await db.execute_fetchall("SELECT reward FROM episodes WHERE id = ?", (episode_id,)))
+        if not rows:
+            raise RecordNotFound(f"no episode {episode_id}")
+        return json_object(rows[0][0]) or reward
+
+    async def unfinished(self) -> builtins.list[PendingEnd]:
+        async with self._exclusive() as db:
+            await db.execute("BEGIN")
+            try:
+                episodes = await db.execute_fetchall(
+                    "SELECT * FROM episodes WHERE state != 'closed' ORDER BY started_at"
+                )
+                instances = await db.execute_fetchall(_UNRELEASED)
+            finally:
+                await db.execute("COMMIT")
+        return pending_ends(episodes, instances)
+
+    async def claim(self, episode_id: str, owner: str, expected: str | None) -> bool:
+        rows = await self._write(episode_id, _CLAIM, (owner, episode_id, expected, expected), must_change=False)
+        return bool(rows)
+
+    async def disown(self, owner: str) -> int:
+        rows = await self._write(
+            "",
+            "UPDATE episodes SET owner = NULL WHERE owner = ? AND state != 'closed' RETURNING id",
+            (owner,),
+            must_change=False,
+        )
+        return len(rows)
+
+    async def register_owner(self, owner: OwnerRecord) -> None:
+        sql = "INSERT OR REPLACE INTO owners (id, host, pid, started_at, lease_until) VALUES (?, ?, ?, ?, ?)"
+        params = (owner.owner_id, owner.host, owner.pid, to_iso(owner.started_at), owner.lease_until)
+        await self._write("", sql, params, must_change=False)
+
+    async def renew_owner(self, owner_id: str, lease_until: float) -> None:
+        sql = "UPDATE owners SET lease_until = ? WHERE id = ?"
+        await self._write("", sql, (lease_until, owner_id), must_change=False)
+
+    async def drop_owner(self, owner_id: str) -> None:
+        await self._write("", "DELETE FROM owners WHERE id = ?", (owner_id,), must_change=False)
+
+    async def owners(self) -> builtins.list[OwnerRecord]:
+        async with self._exclusive() as db:
+            rows = await db.execute_fetchall("SELECT * FROM owners")
+        return [owner_of(row) for row in rows]
+
+    async def meta(self, key: str, default: str) -> str:
+        await self._write(
+            "", "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, default), must_change=False
+        )
+        async with self._exclusive() as db:
+            rows = builtins.list(await db.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,)))
+        return str(rows[0][0])
+
+    async def _require(self, episode_id: str) -> None:
+        async with self._exclusive() as db:
+            rows = builtins.list(await db.execute_fetchall("SELECT 1 FROM episodes WHERE id = ?", (episode_id,)))
+        if not rows:
+            raise RecordNotFound(f"no episode {episode_id}")
 
     async def end_episode(self, episode_id: str, reason: str, ended_at: datetime) -> None:
-        sql = "UPDATE episodes SET end_reason = ?, ended_at = ? WHERE id = ?"
+        # The whole end in one write, for a record with nothing left to finish (tests, imports).
+        sql = "UPDATE episodes SET end_reason = ?1, ended_at = ?2, state = 'closed', closed_at = ?2 WHERE id = ?3"
         await self._write(episode_id, sql, (reason, to_iso(ended_at), episode_id))
 
     async def get(self, episode_id: str) -> EpisodeRecord | None:
@@ -215,6 +313,9 @@ class SQLiteStore:
             verifier=json_object(row["verifier"]),
             instances=tuple(instance_of(row) for row in instances),
             calls=tuple(call_of(row) for row in calls),
+            state=row["state"],
+            graded_at=time_of(row["graded_at"]),
+            closed_at=time_of(row["closed_at"]),
         )
 
     async def list(
@@ -235,6 +336,7 @@ class SQLiteStore:
                     submitted=row["submitted_at"] is not None,
                     status=reward.get("status"),
                     reward=float(score) if isinstance(score, int | float) else None,
+                    state=row["state"],
                 )
             )
         return summaries
@@ -259,6 +361,10 @@ class SQLiteStore:
                 db, self._db = self._db, None
                 if db is not None:
                     await db.close()  # the last connection out checkpoints the WAL into the main file
+
+
+def _dumps(value: JSONObject | None) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 async def open_store(path: str | Path, *, create: bool = True) -> SQLiteStore:

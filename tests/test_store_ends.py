@@ -1,0 +1,103 @@
+"""The durable end in the store: states move forward only, a grade is written once, claims are compare-and-set,
+and a version-1 file is migrated in place."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+
+from fleet_mcp_proxy.store import SCHEMA_VERSION, open_store
+from fleet_mcp_proxy.store.records import OwnerRecord
+from fleet_mcp_proxy.store.schema import MIGRATIONS
+
+pytestmark = pytest.mark.anyio
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+FINAL = {"status": "final", "reward": 1.0, "failure_reason": None}
+OTHER = {"status": "final", "reward": 0.0, "failure_reason": None}
+VERIFIER = {"stdout": "", "error": None, "attempts": 1}
+
+
+async def test_an_end_moves_forward_and_carries_what_grading_needs(tmp_path: Path) -> None:
+    async with await open_store(tmp_path / "e.sqlite3") as store:
+        await store.open_episode("e1", "alice", "task-1", T0, owner="me")
+        await store.add_instance("e1", "web", "inst-1", "fleet", "web", T0, url="https://x/mcp", expires_at=1e10)
+        (pending,) = await store.unfinished()
+        assert (pending.state, pending.owner, pending.task) == ("live", "me", None)
+        await store.begin_end("e1", "idle", T0 + timedelta(seconds=5), {"task_key": "task-1", "prompt": "p"})
+        await store.begin_end("e1", "shutdown", T0 + timedelta(seconds=9), None)  # already ending: kept as it was
+        (pending,) = await store.unfinished()
+        assert (pending.state, pending.end_reason, pending.task) == (
+            "ending",
+            "idle",
+            {"task_key": "task-1", "prompt": "p"},
+        )
+        assert [(i.instance_id, i.url, i.expires_at) for i in pending.instances] == [("inst-1", "https://x/mcp", 1e10)]
+        await store.set_state("e1", "verifying", T0)
+        assert await store.grade("e1", FINAL, VERIFIER, T0 + timedelta(seconds=6)) == FINAL
+        # A retried grading (a restart, another process) gets the stored grade back; nothing is overwritten.
+        assert await store.grade("e1", OTHER, VERIFIER, T0 + timedelta(seconds=7)) == FINAL
+        record = await store.get("e1")
+        assert record is not None and record.state == "graded" and record.graded_at == T0 + timedelta(seconds=6)
+        await store.instance_released("e1", "inst-1", T0 + timedelta(seconds=8))
+        await store.set_state("e1", "releasing", T0)
+        (pending,) = await store.unfinished()
+        assert pending.instances == ()
+        await store.set_state("e1", "closed", T0 + timedelta(seconds=9))
+        await store.set_state("e1", "live", T0)  # a closed row never reopens
+        assert await store.unfinished() == []
+        record = await store.get("e1")
+        assert record is not None and (record.state, record.closed_at) == ("closed", T0 + timedelta(seconds=9))
+        assert record.reward == FINAL
+
+
+async def test_exactly_one_of_many_racing_claims_wins(tmp_path: Path) -> None:
+    async with await open_store(tmp_path / "e.sqlite3") as store, await open_store(tmp_path / "e.sqlite3") as twin:
+        await store.open_episode("e1", "alice", None, T0, owner="dead")
+        wins: list[str] = []
+
+        async def claim(name: str) -> None:
+            if await (store if name.startswith("a") else twin).claim("e1", name, "dead"):
+                wins.append(name)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for n in range(10):
+                    tg.start_soon(claim, f"{'ab'[n % 2]}{n}")
+        assert len(wins) == 1
+        assert await store.disown(wins[0]) == 1
+        assert await twin.claim("e1", "late", None)  # an unowned row is claimed with expected None
+
+
+async def test_owners_and_meta(tmp_path: Path) -> None:
+    async with await open_store(tmp_path / "e.sqlite3") as store:
+        owner = OwnerRecord(owner_id="o1", host="h", pid=1, started_at=T0, lease_until=10.0)
+        await store.register_owner(owner)
+        await store.renew_owner("o1", 20.0)
+        assert [(o.owner_id, o.lease_until) for o in await store.owners()] == [("o1", 20.0)]
+        await store.drop_owner("o1")
+        assert await store.owners() == []
+        assert await store.meta("run_id", "first") == "first"
+        assert await store.meta("run_id", "second") == "first"
+
+
+async def test_a_version_1_file_is_migrated_and_its_rows_count_as_closed(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statement in MIGRATIONS[0]:
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version VALUES (1)")
+        db.execute("INSERT INTO episodes (id, principal, started_at) VALUES ('old', 'a', ?)", (T0.isoformat(),))
+    with pytest.raises(Exception, match="schema version 1"):
+        await open_store(path, create=False)  # the read-only CLI says how to upgrade rather than failing later
+    async with await open_store(path) as store:
+        assert await store.unfinished() == []
+        record = await store.get("old")
+        assert record is not None and record.state == "closed"
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT MAX(version) FROM schema_version").fetchone() == (SCHEMA_VERSION,)
