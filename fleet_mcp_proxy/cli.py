@@ -13,7 +13,7 @@ import anyio
 import uvicorn
 from mcp.shared.exceptions import MCPDeprecationWarning
 
-from . import __version__, episodes_cli, ops_cli, telemetry
+from . import __version__, episodes_cli, finish_cli, ops_cli, telemetry
 from .config import TOKEN_ENV, ConfigError, EnvironmentConfig, ProxyConfig, check_exposure, is_loopback, load_config
 from .demo import DEMO_TASKS
 from .front.episodes import StateHolder
@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     episodes_cli.add_commands(commands)
     ops_cli.add_commands(commands)
+    finish_cli.add_commands(commands)
     return parser
 
 
@@ -138,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "episodes":
         return episodes_cli.run(args)
+    if args.command == "finish":
+        return finish_cli.run(args)
     if args.command in ("doctor", "sweep"):
         return ops_cli.run(args, environments_of)
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")

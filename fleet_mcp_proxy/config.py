@@ -98,7 +98,8 @@ class FleetSettings(_Frozen):
     base_url: str | None = None
     run_id: str | None = None
     ttl_seconds: int = Field(default=900, gt=0)
-    heartbeat_interval: int | None = Field(default=None, ge=30, le=3600)
+    # On by default: a crashed proxy's instances stop within two intervals instead of living out their TTL.
+    heartbeat_interval: int | None = Field(default=30, ge=30, le=3600)
     provision_timeout: float = Field(default=600.0, gt=0)
     request_timeout: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=4, ge=0, le=20)
@@ -183,6 +184,10 @@ class ProxyConfig(_Frozen):
     default_episode: bool = False
     modality: Modality | None = None
     end_timeout: float = Field(default=30.0, gt=0)
+    # The whole of a shutdown (Kubernetes gives 30 s): what does not fit is left pending, instances alive.
+    shutdown_grace: float = Field(default=25.0, gt=0)
+    finisher: bool = True  # leave a detached finisher for ends still pending at exit
+    provision_on_list: bool = False  # start instances on a tools/list answered from the catalog cache
     max_sessions: int = Field(default=10_000, gt=0)
     max_request_body: int = Field(default=1024 * 1024, gt=0)  # MCP requests are small JSON
     fast_lane: bool = True  # forward plain handshake-era tool calls raw (front/lane.py)
@@ -200,7 +205,7 @@ class ProxyConfig(_Frozen):
     task: str | None = None
     submit_tool: Literal["auto", "always", "never"] = "auto"
     partial_reward: bool = False
-    verify_timeout: float = Field(default=300.0, gt=0)
+    verify_timeout: float = Field(default=120.0, gt=0)  # the whole grading of an episode, every attempt included
     progress_interval: float = Field(default=3.0, ge=0)  # reports while a request waits for provisioning; 0: none
     keepalive_interval: float = Field(default=15.0, ge=0)  # progress beats on a silent tool call with a token; 0: none
     allowed_hosts: tuple[str, ...] = ()
@@ -356,4 +361,28 @@ def load_config(
             f"environment '{fleet_envs[0]}' is on Fleet, but no Fleet API key is set: export FLEET_API_KEY "
             '(or set api_key = "${VAR}" under [fleet])',
         )
+    check_grading_window(config)
     return config
+
+
+GRADING_MARGIN = 15.0  # seconds, besides verify_timeout, an instance must have left to be graded and released
+
+
+def check_grading_window(config: ProxyConfig) -> None:
+    """Refuse settings under which an abandoned rollout could never be graded before its instance expires.
+
+    Raises:
+        ConfigError: naming the TTL key and `proxy.verify_timeout`.
+    """
+    need = config.verify_timeout + GRADING_MARGIN
+    ttls = [("fleet.ttl_seconds", config.fleet.ttl_seconds)]
+    ttls += [(f"env.{env.name}.ttl_seconds", env.ttl_seconds) for env in config.environments if env.ttl_seconds]
+    for key, ttl in ttls:
+        if ttl is not None and ttl <= need:
+            raise ConfigError(
+                config.source,
+                key,
+                f"an instance living {ttl} s can never be graded: grading needs proxy.verify_timeout "
+                f"({config.verify_timeout:g} s) plus {GRADING_MARGIN:g} s to release it; raise {key} above "
+                f"{need:g} or lower proxy.verify_timeout",
+            )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,10 +36,10 @@ from .catalog import (
     build_tool_catalog,
 )
 from .catalog_cache import CatalogCache, cache_key
-from .config import EnvironmentConfig, FleetSettings, Modality
+from .config import GRADING_MARGIN, EnvironmentConfig, FleetSettings, Modality
 from .forwarding import Upstream
 from .outcome import Execute, Outcome
-from .providers.base import Instance, Provider, ProvisionError
+from .providers.base import HttpTarget, Instance, Provider, ProvisionError
 from .provision_latency import PROVISIONING
 from .recorder import Recorder, now
 from .resources import EPISODE_PREFIX
@@ -46,6 +47,7 @@ from .roundtrip import PendingCall
 from .synthetic.context import CallLog, ContextSettings, OutputStore, tool_definitions
 from .synthetic.submit import SUBMIT_TOOL
 from .tasks import Task
+from .verify.scoring import unknown
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +62,6 @@ class _Flight:
 
     done: anyio.Event = field(default_factory=anyio.Event)
     error: str | None = None
-
-
-_AFTER_CACHED_LIST = 0.02  # seconds; an agent's next request is much further off
 
 
 class Episode:
@@ -88,8 +87,10 @@ class Episode:
         keepalive_interval: float = 15.0,
         catalog_cache: CatalogCache | None = None,
         fleet: FleetSettings | None = None,
+        provision_on_list: bool = False,
     ) -> None:
         self.key = key
+        self.provision_on_list = provision_on_list
         self.progress_interval = progress_interval  # reports to a request waiting for provisioning
         self._catalog_cache = catalog_cache
         self._cache_keys = (
@@ -133,6 +134,7 @@ class Episode:
         self.inflight = 0
         self.last_active = anyio.current_time()
         self.ended: str | None = None
+        self.end_state = "live"  # mirrors the store's row: live, ending, verifying, releasing, closed or pending
         self._end_done = anyio.Event()
         self._end_started = False
 
@@ -189,11 +191,11 @@ class Episode:
         if flight.error is not None:
             raise ProvisionError(flight.error)
 
-    def _start_flight(self, after: float = 0.0) -> _Flight:
+    def _start_flight(self) -> _Flight:
         flight = self._flight
         if flight is None or flight.done.is_set():
             flight = self._flight = _Flight()
-            self._tg.start_soon(self._provision, flight, after)
+            self._tg.start_soon(self._provision, flight)
         return flight
 
     async def tools_before_ready(self) -> bool:
@@ -209,8 +211,8 @@ class Episode:
         if not self.provisioned:
             self.tools = build_tool_catalog(lists, self._synthetic, self._modality)
             self._served_from_cache = True
-            # Let the cached answer leave first: provisioning competes for the same event loop.
-            self._start_flight(after=_AFTER_CACHED_LIST)
+            if self.provision_on_list:  # opted in: an episode that only lists tools then costs an instance
+                self._start_flight()
         return True
 
     async def _remember_catalog(self) -> None:
@@ -225,11 +227,9 @@ class Episode:
         if self._served_from_cache and list(self.tools.tools) != self._cached_view:
             await self._broadcast("notifications/tools/list_changed", None, ToolsListChanged())
 
-    async def _provision(self, flight: _Flight, after: float = 0.0) -> None:
+    async def _provision(self, flight: _Flight) -> None:
         errors: list[str] = []
         try:
-            if after:
-                await anyio.sleep(after)
             async with anyio.create_task_group() as tg:
                 for alias, env in self.environments.items():
                     if alias not in self.links:
@@ -277,7 +277,20 @@ class Episode:
         self.links[env.name] = link
         PROVISIONING.record(env.name, instance.provider, anyio.current_time() - started)
         spec = env.fleet if env.fleet is not None else env.kind  # never a command line: it may hold secrets
-        self.recorder.emit("add_instance", self.id, env.name, instance.instance_id, instance.provider, spec, now())
+        url = instance.target.url if isinstance(instance.target, HttpTarget) else None
+        data_dir = str(instance.data_dir) if instance.data_dir is not None else None
+        self.recorder.emit(
+            "add_instance",
+            self.id,
+            env.name,
+            instance.instance_id,
+            instance.provider,
+            spec,
+            now(),
+            url=url,
+            data_dir=data_dir,
+            expires_at=instance.expires_at,
+        )
         if self.ended is not None:  # ended while we were starting it: it must not outlive the episode
             await link.stop(self._end_timeout)
             await self._release(instance)
@@ -389,9 +402,9 @@ class Episode:
         return self._provider.verifier(instance, task, answer, self._verify_timeout), ""
 
     async def verify(self, trigger: str) -> None:
-        """Verify once (submit, close or explicit); bounded; the reward resource is updated."""
+        """Verify once (submit, close or explicit) within `verify_timeout` in all; the reward resource is updated."""
         execute, reason = self._verifier()
-        with telemetry.verify(self.id, trigger) as step, anyio.move_on_after(self._verify_timeout + 60) as scope:
+        with telemetry.verify(self.id, trigger) as step, anyio.move_on_after(self._verify_timeout) as scope:
             reward = await self.outcome.verify(
                 execute, trigger=trigger, reason_if_none=reason, partial=self._partial_reward
             )
@@ -399,49 +412,88 @@ class Episode:
             if reward.reward is None:
                 step.fail(reward.failure_reason or "unknown")
         if scope.cancelled_caught:
-            logger.warning("episode %s: verification did not finish in time", self.id)
+            logger.warning("episode %s: verification did not finish within %g s", self.id, self._verify_timeout)
+            await self.outcome.conclude(unknown("verifier_timeout", trigger))
+
+    def expires_in(self) -> float | None:
+        """Seconds until the first of this episode's instances reaches its platform TTL, if any has one."""
+        ends = [i.expires_at for i in self.instances.values() if i.expires_at is not None]
+        return min(ends) - time.time() if ends else None
+
+    def must_end_for_expiry(self) -> bool:
+        """Grade while the instance lives: its TTL runs from creation and heartbeats do not extend it."""
+        left = self.expires_in()
+        return left is not None and left <= self._verify_timeout + GRADING_MARGIN
 
     # -- the end ---------------------------------------------------------------------------------------------
     def _ended_message(self) -> str:
         return f"This episode has ended ({self.ended}). Start a new session to get fresh environments."
 
     async def end(self, reason: str) -> None:
-        """Close every link and release every instance; idempotent, shielded and bounded."""
+        """The durable end: each transition is written before it is acted on (docs/episode-end.md).
+
+        Only the proxy's shutdown grace cuts it short, while grading: the episode is then left pending, its
+        instances alive and its row ungraded, for whoever finishes it next (a finisher, the next start).
+        """
         if self._end_started:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._end_timeout):
                 await self._end_done.wait()
             return
         self._end_started = True
-        flight = self._flight
-        if self.task is not None and not self.outcome.verified and flight is not None and not flight.done.is_set():
-            # Instances still starting (a tools/list answered from the catalog cache started them) hold the
-            # task's seed state: wait for them, bounded, so the grade is a real one rather than unknown.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._end_timeout):
-                await flight.done.wait()
         self.ended = reason
+        graded = False
         try:
+            await self._transition("ending", reason)
             if self.task is not None and not self.outcome.verified:
-                # Verify-on-close: an abandoned episode is still graded, against the live instance.
-                with anyio.CancelScope(shield=True):
-                    await self.verify("close")
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._end_timeout):
-                async with anyio.create_task_group() as tg:
-                    for link in list(self.links.values()):
-                        tg.start_soon(link.stop, self._end_timeout / 2)
-                async with anyio.create_task_group() as tg:
-                    for instance in list(self.instances.values()):
-                        tg.start_soon(self._release, instance)
+                flight = self._flight
+                if flight is not None and not flight.done.is_set():
+                    # Instances still starting hold the task's seed state: wait for them (bounded), so the grade
+                    # is a real one rather than unknown.
+                    with anyio.move_on_after(self._end_timeout):
+                        await flight.done.wait()
+                await self._transition("verifying")
+                await self.verify("close")  # verify-on-close: an abandoned episode is still graded
+            graded = True
         finally:
-            self.links.clear()
-            self.instances.clear()
-            self.connections.clear()
-            self._end_done.set()
-            logger.info("episode %s ended: %s", self.id, reason)
+            with anyio.CancelScope(shield=True):
+                if graded:
+                    await self._transition("releasing")
+                    await self._stop(release=True)
+                    await self._transition("closed")
+                else:
+                    self.end_state = "pending"
+                    await self._stop(release=False)
+                self._end_done.set()
+            logger.info("episode %s ended: %s%s", self.id, reason, "" if graded else " (grading left pending)")
             if telemetry.ON:
                 reward = self.outcome.reward
                 telemetry.episode_ended(
                     self.id, reason, reward.reward if reward else None, reward.status if reward else None
                 )
+
+    async def _transition(self, state: str, reason: str | None = None) -> None:
+        self.end_state = state
+        if state == "ending":
+            task = self.task.model_dump(mode="json") if self.task is not None else None
+            await self.recorder.commit("begin_end", self.id, reason, now(), task)
+        else:
+            await self.recorder.commit("set_state", self.id, state, now())
+
+    async def _stop(self, *, release: bool) -> None:
+        """Close every link and, unless the instances are still needed to grade, release them; bounded.
+
+        A release only hands the instance to the lease keeper, so it never waits on a link's teardown.
+        """
+        with anyio.move_on_after(self._end_timeout):
+            async with anyio.create_task_group() as tg:
+                for link in list(self.links.values()):
+                    tg.start_soon(link.stop, self._end_timeout / 2)
+                for instance in list(self.instances.values()) if release else ():
+                    tg.start_soon(self._release, instance)
+        self.links.clear()
+        self.connections.clear()
+        if release:
+            self.instances.clear()
 
     async def _release(self, instance: Instance) -> None:
         try:

@@ -62,32 +62,43 @@ class Outcome:
 
     @property
     def verified(self) -> bool:
-        return self._done.is_set()
+        return self.reward is not None
 
     async def verify(
         self, execute: Execute | None, *, trigger: str, reason_if_none: str = "no_verifier", partial: bool = False
     ) -> Reward:
-        """Compute the reward once; concurrent and later callers get the same one."""
+        """Compute the reward once; concurrent and later callers get the same one.
+
+        Cancelled midway (the proxy is stopping), nothing is concluded: the episode's row stays ungraded and
+        whoever finishes it grades it. `conclude` records a grade decided from outside (a timeout).
+        """
         if self._started:
             await self._done.wait()
-            assert self.reward is not None
-            return self.reward
+            return self.reward or unknown("verification_interrupted", trigger)
         self._started = True
         try:
             if execute is None:
-                self.reward = unknown(reason_if_none, trigger)
-                self.report = None
+                reward, self.report = unknown(reason_if_none, trigger), None
             else:
-                self.reward, self.report = await run_verifier(execute, partial=partial, trigger=trigger)
-        except BaseException:
-            self.reward = unknown("verifier_exception", trigger)
-            raise
-        finally:
+                reward, self.report = await run_verifier(execute, partial=partial, trigger=trigger)
+        except anyio.get_cancelled_exc_class():
             self._done.set()
-            if self.on_change is not None:
-                with anyio.CancelScope(shield=True):
-                    await self.on_change("reward")
-        return self.reward
+            raise
+        except BaseException:
+            await self.conclude(unknown("verifier_exception", trigger))
+            raise
+        await self.conclude(reward)
+        return reward
+
+    async def conclude(self, reward: Reward) -> None:
+        """Settle the reward unless one is settled already; tell the resource and the record."""
+        if self.reward is not None:
+            return
+        self.reward = reward
+        self._done.set()
+        if self.on_change is not None:
+            with anyio.CancelScope(shield=True):
+                await self.on_change("reward")
 
     # -- resource bodies ---------------------------------------------------------------------------------------
     def reward_json(self) -> dict[str, Any]:

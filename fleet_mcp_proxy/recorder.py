@@ -32,31 +32,71 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+class _Written:
+    """Tells a `commit` caller that its write (queued behind every earlier one) is durable, and its result."""
+
+    __slots__ = ("done", "ok", "result")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.result: Any = None
+        self.ok = False
+
+
+_Item = tuple[str, tuple[Any, ...], dict[str, Any], _Written | None]
+
+
 class Recorder:
     """The proxy's single writer to the episode store."""
 
     def __init__(self, store: EpisodeStore | None) -> None:
         self.store = store
-        self._send: MemoryObjectSendStream[tuple[str, tuple[Any, ...]]]
-        self._receive: MemoryObjectReceiveStream[tuple[str, tuple[Any, ...]]]
+        self._send: MemoryObjectSendStream[_Item]
+        self._receive: MemoryObjectReceiveStream[_Item]
         self._send, self._receive = anyio.create_memory_object_stream(math.inf)
         self._drained = anyio.Event()
 
-    def emit(self, method: str, *args: Any) -> None:
+    def emit(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Queue one store call (`open_episode`, `add_call`, ...); never blocks, never raises."""
         if self.store is not None:
-            try:
-                self._send.send_nowait((method, args))
-            except anyio.ClosedResourceError:  # after shutdown closed the store: nothing left to write to
-                logger.warning("episode store closed; %s was not recorded", method)
+            self._queue((method, args, kwargs, None))
+
+    async def commit(self, method: str, *args: Any, timeout: float = 10.0) -> tuple[bool, Any]:
+        """Write and wait until it is durable (in order after everything emitted before); (written, result).
+
+        For the end's transitions, which must be on disk before they are acted on. Shielded and bounded: a
+        store that cannot keep up gives (False, None), and the caller goes on as if nothing were recorded.
+        """
+        if self.store is None:
+            return False, None
+        written = _Written()
+        if not self._queue((method, args, {}, written)):
+            return False, None
+        with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
+            await written.done.wait()
+        return written.ok, written.result
+
+    def _queue(self, item: _Item) -> bool:
+        try:
+            self._send.send_nowait(item)
+        except anyio.ClosedResourceError:  # after shutdown closed the store: nothing left to write to
+            logger.warning("episode store closed; %s was not recorded", item[0])
+            return False
+        return True
 
     async def run(self) -> None:
         try:
-            async for method, args in self._receive:
+            async for method, args, kwargs, written in self._receive:
                 try:
-                    await getattr(self.store, method)(*args)
+                    result = await getattr(self.store, method)(*args, **kwargs)
                 except Exception:
                     logger.exception("episode store: %s failed", method)
+                else:
+                    if written is not None:
+                        written.ok, written.result = True, result
+                finally:
+                    if written is not None:
+                        written.done.set()
         finally:
             self._drained.set()
 

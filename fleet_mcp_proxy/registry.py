@@ -58,8 +58,10 @@ class Registry:
         task_group: anyio.abc.TaskGroup,
         tasks: Mapping[str, Task] | None = None,
         recorder: Recorder | None = None,
+        owner: str | None = None,
     ) -> None:
         self.recorder = recorder or Recorder(None)
+        self.owner = owner  # this process's owner id in the store: its rows are not another finisher's
         self.config = config
         self.environments = tuple(environments)
         self.provider = provider
@@ -70,6 +72,8 @@ class Registry:
         self.on_end: list[Callable[[Episode], Awaitable[None]]] = []
         self.closing = False
         self._ending = 0  # episode ends in progress, awaited at shutdown before the store closes
+        self._end_scopes: set[anyio.CancelScope] = set()
+        self.pending: list[Episode] = []  # ends the shutdown grace cut short: graded by whoever finishes them
         self._ends_done = anyio.Event()
         self.tasks: dict[str, Task] = dict(tasks or {})
         cache_dir = Path(config.catalog_cache_dir) if config.catalog_cache_dir else default_cache_dir()
@@ -116,11 +120,12 @@ class Registry:
             keepalive_interval=self.config.keepalive_interval,
             catalog_cache=self.catalog_cache,
             fleet=self.config.fleet,
+            provision_on_list=self.config.provision_on_list,
         )
         self.episodes[key] = episode
         if telemetry.ON:
             telemetry.episode_opened(episode.id, task.task_key if task else None, list(episode.environments))
-        self.recorder.emit("open_episode", episode.id, principal, task.task_key if task else None, now())
+        self.recorder.emit("open_episode", episode.id, principal, task.task_key if task else None, now(), self.owner)
         logger.info("episode %s opened%s", episode.id, f" for task {task.task_key}" if task else "")
         return episode
 
@@ -149,9 +154,15 @@ class Registry:
 
     async def _end(self, episode: Episode, reason: str) -> None:
         self._ending += 1
+        scope = anyio.CancelScope()  # cancelled only when the shutdown grace runs out
+        self._end_scopes.add(scope)
         try:
-            await self._finish(episode, reason)
+            with scope:
+                await self._finish(episode, reason)
         finally:
+            self._end_scopes.discard(scope)
+            if episode.end_state == "pending":
+                self.pending.append(episode)
             self._ending -= 1
             if not self._ending:
                 self._ends_done.set()
@@ -162,8 +173,7 @@ class Registry:
             self.ended_sessions[session_id] = None
             while len(self.ended_sessions) > _ENDED_SESSIONS_KEPT:
                 self.ended_sessions.popitem(last=False)
-        await episode.end(reason)
-        self.recorder.emit("end_episode", episode.id, reason, now())
+        await episode.end(reason)  # writes each state of the end itself
         for hook in self.on_end:
             try:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.end_timeout):
@@ -181,15 +191,28 @@ class Registry:
             for key, episode in list(self.episodes.items()):
                 if episode.inflight == 0 and now - episode.last_active >= idle:
                     self.schedule_end(key, f"idle for {idle:g} s")
+                elif episode.task is not None and episode.must_end_for_expiry():
+                    self.schedule_end(key, "instance expiring: graded while it lives")
 
-    async def shutdown(self) -> None:
-        """End every episode concurrently; shielded and bounded."""
+    async def shutdown(self, grace: float) -> set[str]:
+        """End every episode concurrently within `grace` seconds; returns the instances pending ends still need.
+
+        An end cut short by the grace is left pending (its row ungraded, its instances alive) for whoever
+        finishes it next; every other episode is closed and its instances released.
+        """
         self.closing = True
         episodes = list(self.episodes.values())
         self.episodes.clear()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.end_timeout + 5):
-            async with anyio.create_task_group() as tg:
-                for episode in episodes:
-                    tg.start_soon(self._end, episode, "proxy shutdown")
-            while self._ending:  # ends scheduled earlier (a closed session, the idle reaper) finish too
-                await self._ends_done.wait()
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(grace):
+                async with anyio.create_task_group() as tg:
+                    for episode in episodes:
+                        tg.start_soon(self._end, episode, "proxy shutdown")
+                    while self._ending:  # ends scheduled earlier (a closed session, the idle reaper) finish too
+                        await self._ends_done.wait()
+            for scope in list(self._end_scopes):  # still grading: left pending, instances alive
+                scope.cancel()
+            with anyio.move_on_after(max(1.0, self.config.end_timeout / 4)):
+                while self._ending:
+                    await self._ends_done.wait()
+        return {i.instance_id for e in self.pending for i in e.instances.values()}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, get_args
 
 import anyio
@@ -18,16 +17,14 @@ from mcp.server.models import InitializationOptions
 from mcp_types.methods import CacheableMethod
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from .. import __version__, telemetry
+from .. import __version__, lifecycle, telemetry
 from ..calls import forward_tool_call
 from ..config import EnvironmentConfig, ProxyConfig
 from ..episode import Episode, EpisodeEnded
 from ..forwarding import tool_error
 from ..providers.base import ProvisionError
-from ..providers.pool import InstancePool
-from ..recorder import Recorder, default_store_path, now
+from ..recorder import now
 from ..registry import Registry
-from ..store import EpisodeStore, open_store
 from ..synthetic.context import ContextExtra, handle
 from ..synthetic.submit import SUBMIT_TOOL_NAME, submitted_result
 from ..tasks import Task
@@ -38,6 +35,7 @@ from .toolresult import finish_forwarded, record_call
 from .waiting import wait_ready
 
 logger = logging.getLogger(__name__)
+STDIO_GRACE = 1.5  # seconds: Claude Desktop and the SDK's stdio_client send SIGTERM 2 s after closing stdin
 
 
 class ProxyServer(Server[ProxyState]):
@@ -180,18 +178,6 @@ _HANDLERS: list[tuple[str, type[Any], Callable[[Ctx, Any], Awaitable[HandlerResu
 ]
 
 
-async def _open_store(config: ProxyConfig) -> EpisodeStore | None:
-    if not config.record_episodes:
-        return None
-    path = Path(config.store_path) if config.store_path else default_store_path()
-    try:
-        await anyio.Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return await open_store(path)
-    except Exception:  # the record is valuable, but not worth refusing agents over
-        logger.exception("cannot open the episode store %s; episodes are not recorded", path)
-        return None
-
-
 def build_server(
     config: ProxyConfig,
     environments: tuple[EnvironmentConfig, ...],
@@ -205,12 +191,10 @@ def build_server(
     @asynccontextmanager
     async def lifespan(_: Server[ProxyState]) -> AsyncIterator[ProxyState]:
         async with anyio.create_task_group() as tg:
-            recorder = Recorder(await _open_store(config))
-            tg.start_soon(recorder.run)
-            pool = InstancePool(config, tg, front=front)
-            await pool.start()
-            registry = Registry(config, environments, pool, tg, tasks, recorder)
-            state = ProxyState(config, registry, tg, pool, recorder)
+            runtime = await lifecycle.start(config, tg, front=front)
+            tg.start_soon(lifecycle.recover, runtime)
+            registry = Registry(config, environments, runtime.pool, tg, tasks, runtime.recorder, runtime.owner)
+            state = ProxyState(config, registry, tg, runtime.pool, runtime.recorder)
             tg.start_soon(registry.reap_idle)
             if holder is not None:
                 holder.state = state
@@ -218,9 +202,9 @@ def build_server(
             try:
                 yield state
             finally:
-                await registry.shutdown()
-                await pool.shutdown()
-                await recorder.close(config.end_timeout)
+                # stdio: the client kills us 2 s after closing stdin, so pending ends go to a finisher at once.
+                grace = min(config.shutdown_grace, STDIO_GRACE) if front == "stdio" else config.shutdown_grace
+                await lifecycle.stop(runtime, registry, grace=grace, front=front)
                 tg.cancel_scope.cancel()
 
     server = ProxyServer(

@@ -123,10 +123,18 @@ class FleetProvider:
                 anyio.fail_after(deadline),
             ):
                 made = await self._create(env, env_key)
-                instance = self._instance_of(env, made)
         except TimeoutError:
             raise ProvisionError(f"Fleet did not provide '{env_key}' within {deadline:g} s.") from None
-        return instance
+        try:
+            return self._instance_of(env, made)
+        except ProvisionError:  # the platform made it, but it cannot be used: nobody else would delete it
+            instance_id = str(getattr(made, "instance_id", ""))
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.settings.request_timeout):
+                try:
+                    await self._delete_id(instance_id)
+                except Exception as exc:
+                    logger.warning("could not delete unusable instance: %s", classify(exc, env_key).message)
+            raise
 
     async def _create(self, env: EnvironmentConfig, env_key: str) -> Any:
         """One create, retried as a new request while the failure is transient; at most one live instance."""
@@ -152,6 +160,11 @@ class FleetProvider:
                 timeout=self.settings.request_timeout,
                 max_wait_seconds=max(int(self.settings.request_timeout) - 5, 1),
             )
+        except anyio.get_cancelled_exc_class():
+            # Cancelled in flight (provision_timeout, shutdown): the platform may have made it all the same.
+            with anyio.CancelScope(shield=True):
+                await self._reconcile(create_id)
+            raise
         except Exception as exc:
             outcome = classify(exc, env_key)
             if outcome.unknown_outcome:
@@ -170,7 +183,7 @@ class FleetProvider:
     async def _reconcile(self, create_id: str) -> None:
         """A create whose answer was lost may still have made an instance: find it by its tag and delete it."""
         try:
-            with anyio.fail_after(self.settings.request_timeout):
+            with anyio.fail_after(min(self.settings.request_timeout, 30.0)):
                 for env in await self._ops.instances(run_id=self.run_id):
                     if (getattr(env, "env_variables", None) or {}).get(CREATE_TAG) == create_id:
                         logger.warning("deleting %s, made by a create whose answer was lost", env.instance_id)
@@ -240,6 +253,9 @@ class FleetProvider:
     # -- leases ----------------------------------------------------------------------------------------------
     def ttl_of(self, env: EnvironmentConfig) -> float | None:
         return _lease_ttl(env.heartbeat_interval or self.settings.heartbeat_interval)
+
+    def ttl_of_default(self) -> float | None:
+        return _lease_ttl(self.settings.heartbeat_interval)
 
     async def heartbeat(self, instance: Instance) -> Beat:
         try:

@@ -93,6 +93,14 @@ class LeaseKeeper:
         lease.on_lost = on_lost
         return True
 
+    def forget(self, instance: Instance) -> None:
+        """Stop heartbeats for an instance whose release the caller does itself."""
+        lease = self._leases.pop(instance.instance_id, None)
+        if lease is not None:
+            lease.stop.set()
+            if telemetry.ON:
+                telemetry.instances_changed(-1, instance.provider)
+
     def release(self, instance: Instance, delete: Delete) -> None:
         """Stop heartbeats and queue the release; idempotent."""
         lease = self._leases.pop(instance.instance_id, None)

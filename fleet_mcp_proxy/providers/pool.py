@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
+import stamina
 
-from ..config import EnvironmentConfig, ProxyConfig
+from ..config import GRADING_MARGIN, EnvironmentConfig, ProxyConfig
 from .base import HttpTarget, Instance, ProvisionError
 from .fleet import FleetProvider
 from .leases import Delete, LeaseKeeper
@@ -27,48 +29,72 @@ logger = logging.getLogger(__name__)
 
 
 def run_id_for(config: ProxyConfig, front: str) -> str:
-    """This deployment's Fleet `run_id`: configured, else derived from host and HTTP port.
+    """This deployment's Fleet `run_id` when no episode store keeps one: configured, else host and HTTP port.
 
-    A stdio proxy has no stable identity, so its default includes the pid: what a killed stdio proxy
-    leaves is reclaimed by the platform's TTL, not by the next start's sweep.
+    With a store (the default) the run id is kept in it (`stored_run_id`), so a restart finds its predecessor's
+    instances whatever its pid or port. Without one, a stdio proxy has no stable identity and its default
+    includes the pid: what a killed one leaves is reclaimed by heartbeats and the platform's TTL.
     """
     if config.fleet.run_id:
         return config.fleet.run_id
-    host = "".join(c if c.isalnum() else "-" for c in socket.gethostname().lower())[:40] or "local"
-    return f"fmp-{host}-{config.port}" if front == "http" else f"fmp-{host}-stdio-{os.getpid()}"
+    return f"fmp-{_host()}-{config.port}" if front == "http" else f"fmp-{_host()}-stdio-{os.getpid()}"
+
+
+def new_run_id() -> str:
+    """The run id a new store keeps for every proxy that uses it."""
+    return f"fmp-{_host()}-{uuid.uuid4().hex[:10]}"
+
+
+def _host() -> str:
+    return "".join(c if c.isalnum() else "-" for c in socket.gethostname().lower())[:40] or "local"
 
 
 class InstancePool:
     """Provisions, keeps alive and releases every instance this proxy holds."""
 
-    def __init__(self, config: ProxyConfig, task_group: anyio.abc.TaskGroup, *, front: str = "http") -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        task_group: anyio.abc.TaskGroup,
+        *,
+        front: str = "http",
+        run_id: str | None = None,
+        need_fleet: bool = False,  # a finisher: Fleet instances recorded in the store, whatever is configured
+    ) -> None:
         self.local = LocalProvider()
         self.fleet: FleetProvider | None = None
         fleet_tasks = config.tasks_file is not None and config.fleet.api_key is not None
-        if fleet_tasks or any(env.kind == "fleet" for env in config.environments):
-            settings = config.fleet.model_copy(update={"run_id": run_id_for(config, front)})
+        if (
+            fleet_tasks
+            or any(env.kind == "fleet" for env in config.environments)
+            or (need_fleet and config.fleet.api_key)
+        ):
+            settings = config.fleet.model_copy(update={"run_id": run_id or run_id_for(config, front)})
             self.fleet = FleetProvider(settings)
         self.keeper = LeaseKeeper(task_group)
         self._end_timeout = config.end_timeout
         self.warm: WarmPool | None = None
-        if self.fleet is not None and any(env.warm_pool for env in config.environments):
-            self.warm = WarmPool(self._provision_fleet, self.keeper.rebind, self._release_fleet)
+        if self.fleet is not None and not need_fleet and any(env.warm_pool for env in config.environments):
+            # Never hand out an instance that could expire before one more call and a grading.
+            call = max(env.call_timeout for env in config.environments if env.warm_pool)
+            min_life = call + config.verify_timeout + GRADING_MARGIN
+            self.warm = WarmPool(self._provision_fleet, self.keeper.rebind, self._release_fleet, min_life=min_life)
             task_group.start_soon(self.warm.run, tuple(config.environments))
 
-    async def start(self) -> None:
-        """Release what an earlier run of this deployment left behind (no episode owns it now)."""
+    async def sweep(self, exclude: set[str], *, reason: str) -> int:
+        """Release live instances of this run that no unfinished episode references; returns how many."""
         if self.fleet is None:
-            return
+            return 0
         try:
             with anyio.fail_after(60):
-                orphans = await self.fleet.orphans()
+                orphans = [i for i in await self.fleet.orphans() if i not in exclude]
         except Exception:
-            logger.warning("could not list orphaned Fleet instances for run %s", self.fleet.run_id)
-            return
+            logger.warning("could not list Fleet instances of run %s", self.fleet.run_id)
+            return 0
         for instance_id in orphans:
-            logger.warning("releasing orphaned Fleet instance %s (run %s)", instance_id, self.fleet.run_id)
-            orphan = Instance("orphan", instance_id, "fleet", HttpTarget(""))
-            self.keeper.release(orphan, self.fleet.delete)
+            logger.warning("releasing Fleet instance %s of run %s: %s", instance_id, self.fleet.run_id, reason)
+            self.keeper.release(Instance("orphan", instance_id, "fleet", HttpTarget("")), self.fleet.delete)
+        return len(orphans)
 
     async def provision(
         self, env: EnvironmentConfig, episode_id: str, on_lost: Callable[[str], None] | None = None
@@ -130,20 +156,53 @@ class InstancePool:
         """Hand the instance to the keeper, which deletes it with its own retries."""
         self.keeper.release(instance, self._deleter(instance))
 
-    async def shutdown(self) -> None:
-        """Drain queued releases (bounded), then batch-delete this run's Fleet instances as a backstop."""
+    def hold_for_grading(self, instance: Instance) -> None:
+        """Heartbeat an instance a finisher re-attached to, so the platform keeps it while it is graded."""
+        if instance.provider == "fleet" and self.fleet is not None:
+            self.keeper.hold(instance, heartbeat=self.fleet.heartbeat, ttl=self.fleet.ttl_of_default())
+
+    async def release_now(self, instance: Instance, timeout: float = 60.0) -> bool:
+        """Delete now, with bounded retries; True once the provider acknowledged it (or it was already gone)."""
+        self.keeper.forget(instance)
+        deleter = self._deleter(instance)
+        try:
+            with anyio.CancelScope(shield=True), anyio.fail_after(timeout):
+                async for attempt in stamina.retry_context(on=Exception, attempts=4, timeout=timeout, wait_max=5.0):
+                    with attempt:
+                        await deleter(instance)
+        except Exception:
+            logger.warning(
+                "could not release %s (%s) yet; it stays recorded as held", instance.instance_id, instance.alias
+            )
+            return False
+        return True
+
+    async def shutdown(
+        self, keep: set[str] | None = None, *, backstop: bool = True, timeout: float | None = None
+    ) -> None:
+        """Drain queued releases (bounded), then release this run's other Fleet instances as a backstop.
+
+        `keep`: instances a pending end still needs to grade; they stay up (their heartbeats stop with this
+        process, so the platform stops them within a lease if nobody finishes the end). `backstop=False` when
+        another live process shares this run: its instances are not ours to sweep.
+        """
+        keep = keep or set()
+        budget = self._end_timeout if timeout is None else timeout
         if self.warm is not None:
             for instance in self.warm.close():
                 self._release_fleet(instance)
-        drained = await self.keeper.drain(self._end_timeout)
+        drained = await self.keeper.drain(budget / 2)
         if not drained:
             logger.warning("%d releases still pending at shutdown", self.keeper.pending)
         if self.fleet is not None:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._end_timeout):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(budget / 2):
                 try:
-                    count = await self.fleet.delete_run()
-                    if count:
-                        logger.warning("backstop deleted %d Fleet instances of run %s", count, self.fleet.run_id)
+                    if backstop and not keep:
+                        count = await self.fleet.delete_run()
+                        if count:
+                            logger.warning("backstop deleted %d Fleet instances of run %s", count, self.fleet.run_id)
+                    elif backstop and await self.sweep(keep, reason="backstop at shutdown"):
+                        await self.keeper.drain(budget / 4)
                 except Exception:
-                    logger.exception("backstop batch delete for run %s failed", self.fleet.run_id)
+                    logger.exception("backstop release for run %s failed", self.fleet.run_id)
                 await self.fleet.aclose()

@@ -9,6 +9,7 @@ everything still warm is released at shutdown.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -64,7 +65,9 @@ class WarmPool:
         if shelf is None or shelf.env != env:
             return None
         while shelf.ready:
-            instance = shelf.ready.pop(0)  # the oldest first: the most life used, still within bounds
+            # The one with the most life left: a long task must not lose its instance mid-episode.
+            instance = max(shelf.ready, key=lambda i: i.expires_at if i.expires_at is not None else math.inf)
+            shelf.ready.remove(instance)
             shelf.wake.set()
             if not self._fresh(instance):
                 self._release(instance)

@@ -1,0 +1,151 @@
+"""A proxy process's start and stop around its episodes: the store and this process's place in it, the run id,
+the instance pool, finishing what a dead predecessor left, and a shutdown bounded by `shutdown_grace`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+from .config import ProxyConfig
+from .finisher import Finisher
+from .ownership import Membership
+from .providers.pool import InstancePool, new_run_id, run_id_for
+from .recorder import Recorder, default_store_path
+from .registry import Registry
+from .store import EpisodeStore, open_store
+
+logger = logging.getLogger(__name__)
+
+
+def store_path(config: ProxyConfig) -> Path:
+    return Path(config.store_path) if config.store_path else default_store_path()
+
+
+async def open_episode_store(config: ProxyConfig) -> EpisodeStore | None:
+    if not config.record_episodes:
+        return None
+    path = store_path(config)
+    try:
+        await anyio.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return await open_store(path)
+    except Exception:  # the record is valuable, but not worth refusing agents over
+        logger.exception("cannot open the episode store %s; episodes are not recorded", path)
+        return None
+
+
+@dataclass
+class Runtime:
+    config: ProxyConfig
+    recorder: Recorder
+    pool: InstancePool
+    membership: Membership | None
+
+    @property
+    def owner(self) -> str | None:
+        return self.membership.me.owner_id if self.membership is not None else None
+
+    def finisher(self) -> Finisher | None:
+        store = self.recorder.store
+        if store is None or self.membership is None:
+            return None
+        config = self.config
+        return Finisher(
+            store, self.pool, self.membership, verify_timeout=config.verify_timeout, partial=config.partial_reward
+        )
+
+
+async def start(config: ProxyConfig, tg: anyio.abc.TaskGroup, *, front: str, need_fleet: bool = False) -> Runtime:
+    """Open the store, join it, fix the run id, start the pool; nothing here waits on Fleet."""
+    store = await open_episode_store(config)
+    recorder = Recorder(store)
+    tg.start_soon(recorder.run)
+    membership = Membership(store) if store is not None else None
+    run_id = config.fleet.run_id
+    if membership is not None and store is not None:
+        await membership.join()
+        tg.start_soon(membership.renew_forever)
+        run_id = run_id or await store.meta("run_id", new_run_id())  # the same for every restart on this store
+    pool = InstancePool(config, tg, front=front, run_id=run_id or run_id_for(config, front), need_fleet=need_fleet)
+    return Runtime(config, recorder, pool, membership)
+
+
+async def recover(runtime: Runtime) -> None:
+    """Finish what dead processes left (grade, then release), then sweep this run's unreferenced instances.
+
+    Runs in the background of a fresh start. The sweep is skipped while another live process shares the
+    store: an instance it is creating is not yet referenced by any row.
+    """
+    try:
+        finisher = runtime.finisher()
+        if finisher is not None:
+            report = await finisher.run()
+            if report.finished or report.left:
+                logger.warning(
+                    "finished %d episode(s) a previous process left; %d still unfinished",
+                    len(report.finished),
+                    len(report.left),
+                )
+        store, membership = runtime.recorder.store, runtime.membership
+        if store is None or membership is None:
+            await runtime.pool.sweep(set(), reason="left by an earlier run of this deployment")
+            return
+        if await membership.others_alive():
+            logger.info("another live proxy shares this store: not sweeping unreferenced instances")
+            return
+        referenced = {i.instance_id for end in await store.unfinished() for i in end.instances}
+        await runtime.pool.sweep(referenced, reason="left by an earlier run of this deployment")
+    except Exception:  # top of a background task
+        logger.exception("recovering what an earlier run left failed")
+
+
+async def stop(runtime: Runtime, registry: Registry, *, grace: float, front: str) -> None:
+    """Within `grace`: end episodes, release what no pending end needs, hand pending ends on, close the store."""
+    started = anyio.current_time()
+    keep = await registry.shutdown(max(0.5, grace * 0.6))
+    store, membership = runtime.recorder.store, runtime.membership
+    left = max(0.5, grace - (anyio.current_time() - started))
+    with anyio.CancelScope(shield=True):
+        others = False
+        if membership is not None:
+            with anyio.move_on_after(min(2.0, left / 4)):
+                others = await membership.others_alive()
+        await runtime.pool.shutdown(keep, backstop=not others, timeout=left * 0.6)
+        if membership is not None and store is not None:
+            with anyio.move_on_after(2.0):
+                await store.disown(membership.me.owner_id)  # pending rows: for the finisher or the next start
+            await membership.leave()
+        if keep and runtime.config.finisher and store is not None:
+            spawn_finisher(runtime.config)
+        left = max(0.5, grace - (anyio.current_time() - started))
+        await runtime.recorder.close(left)
+
+
+def spawn_finisher(config: ProxyConfig) -> None:
+    """A detached `fleet-mcp-proxy finish` in its own session: it outlives this process and its client's kill.
+
+    It gets the same config on stdin (secrets never touch the disk) and logs next to the store.
+    """
+    log = store_path(config).with_name("finisher.log")
+    try:
+        with log.open("ab") as sink:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "fleet_mcp_proxy", "finish", "--config-stdin"],
+                stdin=subprocess.PIPE,
+                stdout=sink,
+                stderr=sink,
+                start_new_session=True,
+                close_fds=True,
+            )
+        assert child.stdin is not None
+        child.stdin.write(json.dumps(config.model_dump(mode="json")).encode())
+        child.stdin.close()
+        logger.warning("left a finisher (pid %d) for the ends still pending; it logs to %s", child.pid, log)
+    except OSError as exc:
+        logger.warning("could not start a finisher (%s); the next start finishes the pending ends", exc.strerror)
