@@ -291,7 +291,7 @@ class Episode:
             data_dir=data_dir,
             expires_at=instance.expires_at,
         )
-        if self.ended is not None:  # ended while we were starting it: it must not outlive the episode
+        if self.end_state in ("releasing", "closed", "pending"):  # too late to use: it must not outlive the episode
             await link.stop(self._end_timeout)
             await self._release(instance)
 
@@ -445,13 +445,13 @@ class Episode:
         try:
             await self._transition("ending", reason)
             if self.task is not None and not self.outcome.verified:
-                flight = self._flight
-                if flight is not None and not flight.done.is_set():
-                    # Instances still starting hold the task's seed state: wait for them (bounded), so the grade
-                    # is a real one rather than unknown.
-                    with anyio.move_on_after(self._end_timeout):
-                        await flight.done.wait()
                 await self._transition("verifying")
+                if self.task.verifier_code and not self.provisioned:
+                    # Fleet's harness grades an agent that never acted on the seed state: so does the proxy,
+                    # with an instance made (or still starting) for that and released right after.
+                    flight = self._start_flight()
+                    with anyio.move_on_after(self._verify_timeout):
+                        await flight.done.wait()
                 await self.verify("close")  # verify-on-close: an abandoned episode is still graded
             graded = True
         finally:

@@ -38,7 +38,8 @@ async def test_a_warm_cache_lists_tools_without_an_instance_and_a_dead_environme
 
 async def test_a_stale_entry_is_replaced_and_clients_are_told_to_relist(tmp_path: Path) -> None:
     cache = tmp_path / "catalog"
-    config = config_with(f"a={kitchen_cmd('a')}", catalog_cache_dir=str(cache))
+    # provision_on_list: provisioning starts behind the cached answer (by default it waits for a tool call).
+    config = config_with(f"a={kitchen_cmd('a')}", catalog_cache_dir=str(cache), provision_on_list=True)
     async with proxy_http(config) as proxy, http_client(proxy.url) as c:
         with anyio.fail_after(30):
             live = [tool.name for tool in (await c.list_tools()).tools]

@@ -56,7 +56,7 @@ async def recorded_reward(proxy: Any, episode_id: str) -> dict[str, Any]:
 
     async def ready() -> dict[str, Any] | None:
         record = await store.get(episode_id)
-        return record.reward if record is not None and record.ended_at is not None else None
+        return record.reward if record is not None and record.state == "closed" else None
 
     with anyio.fail_after(60):
         while (reward := await ready()) is None:
@@ -199,7 +199,7 @@ def test_a_bad_task_file_stops_startup_naming_the_file(tmp_path: Path) -> None:
 
 
 async def _stored(db: Path, task_key: str) -> dict[str, Any]:
-    """The one recorded episode of `task_key` in `db`, once it has ended (bounded)."""
+    """The one recorded episode of `task_key` in `db`, once its end is complete (bounded)."""
     from fleet_mcp_proxy.store import open_store
 
     with anyio.fail_after(60):
@@ -208,7 +208,7 @@ async def _stored(db: Path, task_key: str) -> dict[str, Any]:
                 async with await open_store(db) as store:
                     for summary in await store.list(task_key=task_key):
                         record = await store.get(summary.episode_id)
-                        if record is not None and record.ended_at is not None:
+                        if record is not None and record.state == "closed":
                             return record.to_json()
             await anyio.sleep(0.1)  # another process writes it
 
