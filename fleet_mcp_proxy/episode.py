@@ -137,6 +137,7 @@ class Episode:
         self.end_state = "live"  # mirrors the store's row: live, ending, verifying, releasing, closed or pending
         self._end_done = anyio.Event()
         self._end_started = False
+        self._unreleased = 0
 
     # -- activity --------------------------------------------------------------------------------------------
     def touch(self) -> None:
@@ -459,7 +460,8 @@ class Episode:
                 if graded:
                     await self._transition("releasing")
                     await self._stop(release=True)
-                    await self._transition("closed")
+                    if not self._unreleased:  # else it stays releasing: the next finisher deletes what is left
+                        await self._transition("closed")
                 else:
                     self.end_state = "pending"
                     await self._stop(release=False)
@@ -495,10 +497,16 @@ class Episode:
         if release:
             self.instances.clear()
 
-    async def _release(self, instance: Instance) -> None:
+    async def _release(self, instance: Instance) -> bool:
+        """Release and record it once acknowledged; False leaves it recorded as held, for the next finisher."""
         try:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._end_timeout):
-                await self._provider.release(instance)
-            self.recorder.emit("instance_released", self.id, instance.instance_id, now())
+            with anyio.CancelScope(shield=True):
+                acknowledged = await self._provider.release(instance, wait=self._end_timeout / 2)
         except Exception:  # one failed release must not stop the others
             logger.exception("releasing %s (%s) failed", instance.instance_id, instance.alias)
+            return False
+        if acknowledged:
+            self.recorder.emit("instance_released", self.id, instance.instance_id, now())
+        else:
+            self._unreleased += 1
+        return acknowledged

@@ -7,7 +7,7 @@ import json
 import logging
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -46,6 +46,7 @@ class Runtime:
     recorder: Recorder
     pool: InstancePool
     membership: Membership | None
+    found_at_start: set[str] = field(default_factory=set)
 
     @property
     def owner(self) -> str | None:
@@ -73,7 +74,10 @@ async def start(config: ProxyConfig, tg: anyio.abc.TaskGroup, *, front: str, nee
         tg.start_soon(membership.renew_forever)
         run_id = run_id or await store.meta("run_id", new_run_id())  # the same for every restart on this store
     pool = InstancePool(config, tg, front=front, run_id=run_id or run_id_for(config, front), need_fleet=need_fleet)
-    return Runtime(config, recorder, pool, membership)
+    runtime = Runtime(config, recorder, pool, membership)
+    # What this run had up before this process made anything: only these may be swept as a predecessor's.
+    runtime.found_at_start = await pool.live_ids(timeout=10.0)
+    return runtime
 
 
 async def recover(runtime: Runtime) -> None:
@@ -93,14 +97,15 @@ async def recover(runtime: Runtime) -> None:
                     len(report.left),
                 )
         store, membership = runtime.recorder.store, runtime.membership
+        reason, among = "left by an earlier run of this deployment", runtime.found_at_start
         if store is None or membership is None:
-            await runtime.pool.sweep(set(), reason="left by an earlier run of this deployment")
+            await runtime.pool.sweep(set(), reason=reason, among=among)
             return
         if await membership.others_alive():
             logger.info("another live proxy shares this store: not sweeping unreferenced instances")
             return
         referenced = {i.instance_id for end in await store.unfinished() for i in end.instances}
-        await runtime.pool.sweep(referenced, reason="left by an earlier run of this deployment")
+        await runtime.pool.sweep(referenced, reason=reason, among=among)
     except Exception:  # top of a background task
         logger.exception("recovering what an earlier run left failed")
 

@@ -64,8 +64,9 @@ class Provider(Protocol):
         """
         ...
 
-    async def release(self, instance: Instance) -> None:
-        """Give the instance back. Idempotent; must not raise for an instance already gone."""
+    async def release(self, instance: Instance, wait: float = 0.0) -> bool:
+        """Give the instance back. Idempotent; must not raise for an instance already gone. True once the
+        release was acknowledged within `wait` seconds (it goes on in the background after that)."""
         ...
 
     def verifier(

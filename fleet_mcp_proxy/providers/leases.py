@@ -21,6 +21,15 @@ from .base import Instance
 logger = logging.getLogger(__name__)
 
 
+def _done() -> anyio.Event:
+    event = anyio.Event()
+    event.set()
+    return event
+
+
+_SET = _done()  # a release acknowledged before
+
+
 class LeaseLost(Exception):
     """The platform says the instance is gone (not a transient failure); `str()` says why."""
 
@@ -62,6 +71,7 @@ class LeaseKeeper:
         self._tg = task_group
         self._leases: dict[str, _Lease] = {}
         self._released: set[str] = set()
+        self._acks: dict[str, anyio.Event] = {}  # releases in progress
         self._pending = 0
         self._idle = anyio.Event()
         self._idle.set()
@@ -101,19 +111,23 @@ class LeaseKeeper:
             if telemetry.ON:
                 telemetry.instances_changed(-1, instance.provider)
 
-    def release(self, instance: Instance, delete: Delete) -> None:
-        """Stop heartbeats and queue the release; idempotent."""
+    def release(self, instance: Instance, delete: Delete) -> anyio.Event:
+        """Stop heartbeats and queue the release; idempotent. The event is set once the provider acknowledged
+        the release (it stays unset if every retry failed)."""
         lease = self._leases.pop(instance.instance_id, None)
         if lease is not None:
             lease.stop.set()
             if telemetry.ON:
                 telemetry.instances_changed(-1, instance.provider)
-        if instance.instance_id in self._released:
-            return
+        acknowledged = self._acks.get(instance.instance_id)
+        if acknowledged is not None or instance.instance_id in self._released:
+            return acknowledged or _SET
+        acknowledged = self._acks[instance.instance_id] = anyio.Event()
         self._released.add(instance.instance_id)
         self._pending += 1
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         self._tg.start_soon(self._release, instance, delete)
+        return acknowledged
 
     async def drain(self, timeout: float) -> bool:
         """Wait (bounded, shielded) until every queued release finished; True if all did."""
@@ -145,11 +159,13 @@ class LeaseKeeper:
                         step.set(attempts=attempt.num)
                         await delete(instance)
             logger.info("released %s (%s)", instance.instance_id, instance.alias)
+            self._acks[instance.instance_id].set()
         except Exception:
             logger.exception(
                 "could not release %s (%s); the shutdown backstop will", instance.instance_id, instance.alias
             )
         finally:
+            self._acks.pop(instance.instance_id, None)
             self._pending -= 1
             if self._pending == 0:
                 self._idle.set()

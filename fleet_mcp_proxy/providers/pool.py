@@ -81,16 +81,23 @@ class InstancePool:
             self.warm = WarmPool(self._provision_fleet, self.keeper.rebind, self._release_fleet, min_life=min_life)
             task_group.start_soon(self.warm.run, tuple(config.environments))
 
-    async def sweep(self, exclude: set[str], *, reason: str) -> int:
-        """Release live instances of this run that no unfinished episode references; returns how many."""
+    async def live_ids(self, timeout: float = 60.0) -> set[str]:
+        """Live Fleet instances carrying this run's id (empty when it cannot tell)."""
         if self.fleet is None:
-            return 0
+            return set()
         try:
-            with anyio.fail_after(60):
-                orphans = [i for i in await self.fleet.orphans() if i not in exclude]
+            with anyio.fail_after(timeout):
+                return set(await self.fleet.orphans())
         except Exception:
             logger.warning("could not list Fleet instances of run %s", self.fleet.run_id)
+            return set()
+
+    async def sweep(self, exclude: set[str], *, reason: str, among: set[str] | None = None) -> int:
+        """Release live instances of this run (those in `among`, when given) that are not in `exclude`."""
+        if self.fleet is None:
             return 0
+        candidates = await self.live_ids() if among is None else among
+        orphans = sorted(candidates - exclude)
         for instance_id in orphans:
             logger.warning("releasing Fleet instance %s of run %s: %s", instance_id, self.fleet.run_id, reason)
             self.keeper.release(Instance("orphan", instance_id, "fleet", HttpTarget("")), self.fleet.delete)
@@ -152,9 +159,13 @@ class InstancePool:
 
         return local
 
-    async def release(self, instance: Instance) -> None:
-        """Hand the instance to the keeper, which deletes it with its own retries."""
-        self.keeper.release(instance, self._deleter(instance))
+    async def release(self, instance: Instance, wait: float = 0.0) -> bool:
+        """Hand the instance to the keeper, which deletes it with its own retries; True once acknowledged
+        within `wait` seconds (the keeper goes on trying after that)."""
+        acknowledged = self.keeper.release(instance, self._deleter(instance))
+        with anyio.move_on_after(wait):
+            await acknowledged.wait()
+        return acknowledged.is_set()
 
     def hold_for_grading(self, instance: Instance) -> None:
         """Heartbeat an instance a finisher re-attached to, so the platform keeps it while it is graded."""
