@@ -14,12 +14,12 @@ from fleet_mcp_proxy.store import open_store
 TASK = "end-created"
 TITLE = "Finish me"
 
-# Graded 1.0 when the agent created the issue. An answer "slow" makes the verifier leave a marker file and take
+# Graded 1.0 when the agent created the issue. No answer, or "slow", makes the verifier leave a marker file and take
 # `SLOW` seconds: the proxy is stopped or killed while it runs.
 VERIFIER = """
 def verify(env, final_answer=None):
     import pathlib, time
-    if final_answer == "slow":
+    if final_answer in (None, "slow"):
         pathlib.Path(MARKER).write_text("running")
         time.sleep(SLOW)
     env.instance.load()
@@ -33,7 +33,7 @@ def write_task(tmp_path: Path, slow: float) -> Path:
     code = f"MARKER = {str(marker)!r}\nSLOW = {slow!r}\nTITLE = {TITLE!r}\n" + VERIFIER
     tasks = tmp_path / "tasks.json"
     tasks.write_text(
-        json.dumps([{"key": TASK, "prompt": "Create the issue.", "env_key": "tracker", "verifier_func": code}]),
+        json.dumps([{"key": TASK, "prompt": "Create the issue, then call submit_final_answer.", "env_key": "tracker", "verifier_func": code}]),
         encoding="utf-8",
     )
     return marker
