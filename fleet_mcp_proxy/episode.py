@@ -380,7 +380,8 @@ class Episode:
         uri = EPISODE_PREFIX + name
         submission = self.outcome.submission
         if name == "submission" and submission is not None:
-            self.recorder.emit("set_submission", self.id, submission.answer, submission.at)
+            # Durable before the agent hears it was taken: a crash right after must still grade this answer.
+            await self.recorder.commit("set_submission", self.id, submission.answer, submission.at)
         elif name == "reward":
             self.recorder.emit("set_result", self.id, self.outcome.reward_json(), self.outcome.verifier_json())
         if uri in self.subscribed:

@@ -125,7 +125,10 @@ class Registry:
         self.episodes[key] = episode
         if telemetry.ON:
             telemetry.episode_opened(episode.id, task.task_key if task else None, list(episode.environments))
-        self.recorder.emit("open_episode", episode.id, principal, task.task_key if task else None, now(), self.owner)
+        task_json = task.model_dump(mode="json") if task else None
+        self.recorder.emit(
+            "open_episode", episode.id, principal, task.task_key if task else None, now(), self.owner, task_json
+        )
         logger.info("episode %s opened%s", episode.id, f" for task {task.task_key}" if task else "")
         return episode
 

@@ -33,7 +33,16 @@ def write_task(tmp_path: Path, slow: float) -> Path:
     code = f"MARKER = {str(marker)!r}\nSLOW = {slow!r}\nTITLE = {TITLE!r}\n" + VERIFIER
     tasks = tmp_path / "tasks.json"
     tasks.write_text(
-        json.dumps([{"key": TASK, "prompt": "Create the issue, then call submit_final_answer.", "env_key": "tracker", "verifier_func": code}]),
+        json.dumps(
+            [
+                {
+                    "key": TASK,
+                    "prompt": "Create the issue, then call submit_final_answer.",
+                    "env_key": "tracker",
+                    "verifier_func": code,
+                }
+            ]
+        ),
         encoding="utf-8",
     )
     return marker

@@ -54,12 +54,21 @@ async def test_kill_9_at_each_state_of_the_end_then_a_restart_gives_each_grade_o
     async with emulator_process() as base_url:
         config = write_config(tmp_path, base_url, verify_timeout=90)
         async with proxy_process(config, tmp_path / "proxy.log") as (proc, url), anyio.create_task_group() as tg:
-            held = anyio.Event()
+            held, killed = anyio.Event(), anyio.Event()
+
+            async def until_killed(work: Any, *args: Any) -> None:
+                try:
+                    await work(*args)
+                except Exception:  # its connection died with the proxy, as it should
+                    if not killed.is_set():
+                        raise
 
             async def in_a_tool_call() -> None:  # E1: the kill lands while its tool call is in flight
                 async with _open(url) as client:
                     await _create_issue(client)
-                    (instance,) = [i["instance_id"] for i in await live_instances(base_url)]
+                    (instance,) = [
+                        i["instance_id"] for i in await live_instances(base_url) if i["instance_id"] not in e4
+                    ]
                     await emulator_post(base_url, f"instances/{instance}/misbehave?mode=hang")
                     held.set()
                     await client.call_tool("list_projects", {})  # never answered
@@ -75,19 +84,22 @@ async def test_kill_9_at_each_state_of_the_end_then_a_restart_gives_each_grade_o
                     await anyio.sleep_forever()
 
             with anyio.fail_after(120):
-                tg.start_soon(in_a_tool_call)
-                await held.wait()
-                e2, e3 = anyio.Event(), anyio.Event()
-                tg.start_soon(submitted, "slow", True, e3)  # its verifier runs when the kill lands
-                await e3.wait()
-                await _until(lambda: anyio.Path(marker).exists())
-                tg.start_soon(submitted, "fast", False, e2)  # queued behind it: submitted, not yet graded
-                await e2.wait()
                 # E4: graded, then its release is slow: the kill lands between the grade and the release.
                 async with _open(url) as client:
                     await _create_issue(client)
+                    await client.call_tool("submit_final_answer", {"answer": "early"})
                     await emulator_post(base_url, "faults", {"delete_latency": 60.0, "delete_latency_count": 1})
                 before = await _graded_one(db)
+                e4 = {i["instance_id"] for i in await live_instances(base_url)}
+                tg.start_soon(until_killed, in_a_tool_call)
+                await held.wait()
+                e2, e3 = anyio.Event(), anyio.Event()
+                tg.start_soon(until_killed, submitted, "slow", True, e3)  # its verifier runs when the kill lands
+                await e3.wait()
+                await _until(lambda: anyio.Path(marker).exists())
+                tg.start_soon(until_killed, submitted, "fast", False, e2)  # queued behind it: submitted, not yet graded
+                await e2.wait()
+                killed.set()
                 proc.kill()
                 await anyio.to_thread.run_sync(proc.wait, 30)
                 tg.cancel_scope.cancel()
@@ -98,13 +110,14 @@ async def test_kill_9_at_each_state_of_the_end_then_a_restart_gives_each_grade_o
         async with proxy_process(config, tmp_path / "proxy.log"):  # the next start finishes all four
             done = await wait_closed(db, 4, timeout=180)
         await _until(lambda: _none_live(base_url))
-    by_answer = {e["submission"]["answer"] if e["submission"] else e["episode_id"]: e for e in done.values()}
+    by_answer = {e["submission"]["answer"]: e for e in done.values() if e["submission"]}
     graded_early = done[before["episode_id"]]
     assert graded_early["graded_at"] == before["graded_at"], "a stored grade is never replaced"
     assert graded_early["reward"]["reward"] == 1.0
     assert by_answer["slow"]["reward"]["reward"] == 1.0 and by_answer["slow"]["reward"]["trigger"] == "submit"
     assert by_answer["fast"]["reward"]["reward"] == 0.0 and by_answer["fast"]["reward"]["trigger"] == "submit"
-    (in_call,) = [e for e in done.values() if e["end_reason"] == "proxy exited"]
+    assert graded_early["reward"]["trigger"] == "submit"
+    (in_call,) = [e for e in done.values() if e["end_reason"] == "proxy exited" and not e["submission"]]
     assert in_call["reward"]["reward"] == 1.0 and in_call["reward"]["trigger"] == "close"
     assert all(i["released_at"] for e in done.values() for i in e["instances"])
 

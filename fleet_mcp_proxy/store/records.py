@@ -198,7 +198,13 @@ class EpisodeStore(Protocol):
     """Where episodes are recorded. SQLite now; a server database when several proxy replicas share one."""
 
     async def open_episode(
-        self, episode_id: str, principal: str, task_key: str | None, started_at: datetime, owner: str | None = None
+        self,
+        episode_id: str,
+        principal: str,
+        task_key: str | None,
+        started_at: datetime,
+        owner: str | None = None,
+        task: JSONObject | None = None,  # the bound task, so that a crash mid-episode can still be graded
     ) -> None: ...
     async def add_instance(
         self,

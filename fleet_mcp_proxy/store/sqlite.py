@@ -165,10 +165,17 @@ class SQLiteStore:
         return rows
 
     async def open_episode(
-        self, episode_id: str, principal: str, task_key: str | None, started_at: datetime, owner: str | None = None
+        self,
+        episode_id: str,
+        principal: str,
+        task_key: str | None,
+        started_at: datetime,
+        owner: str | None = None,
+        task: JSONObject | None = None,
     ) -> None:
-        sql = "INSERT INTO episodes (id, principal, task_key, started_at, state, owner) VALUES (?, ?, ?, ?, 'live', ?)"
-        await self._write(episode_id, sql, (episode_id, principal, task_key, to_iso(started_at), owner))
+        sql = """INSERT INTO episodes (id, principal, task_key, started_at, state, owner, task)
+            VALUES (?, ?, ?, ?, 'live', ?, ?)"""
+        await self._write(episode_id, sql, (episode_id, principal, task_key, to_iso(started_at), owner, _dumps(task)))
 
     async def add_instance(
         self,
