@@ -13,7 +13,7 @@ from . import telemetry
 from .backends import BackendGone, BackendLink
 from .catalog import Route
 from .episode import Episode
-from .forwarding import Caller, forward_params, tool_error
+from .forwarding import Caller, forward_params, on_behalf_of, tool_error
 from .progress import keepalive
 from .roundtrip import PendingCall
 
@@ -81,7 +81,7 @@ async def _tracked_call(episode: Episode, alias: str, caller: Caller, link: Back
     callers = episode.callers.setdefault(alias, [])
     callers.append(caller)
     try:
-        with episode.busy():
+        with episode.busy(), on_behalf_of(caller):
             call = link.request(
                 "tools/call",
                 params,

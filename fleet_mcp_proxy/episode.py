@@ -36,7 +36,7 @@ from .catalog import (
 )
 from .catalog_cache import CatalogCache, cache_key
 from .config import EnvironmentConfig, FleetSettings, Modality
-from .forwarding import Upstream
+from .forwarding import Upstream, origin_among
 from .outcome import Execute, Outcome
 from .providers.base import Instance, Provider, ProvisionError
 from .provision_latency import PROVISIONING
@@ -309,10 +309,10 @@ class Episode:
 
     # -- traffic backends start (LinkEvents) ---------------------------------------------------------------
     async def relay_request(self, alias: str, request: t.ServerRequest, result_type: type[Any]) -> Any:
-        callers = self.callers.get(alias)
+        caller = origin_among(self.callers.get(alias, ()))
         timeout = self.environments[alias].call_timeout
-        if callers:
-            return await callers[-1].ask(request, result_type, timeout)
+        if caller is not None:
+            return await caller.ask(request, result_type, timeout)
         if self.connections:
             with anyio.fail_after(timeout):
                 return await self.connections[-1].send_request(request)
@@ -320,9 +320,9 @@ class Episode:
 
     async def relay_notification(self, alias: str, notification: t.ServerNotification) -> None:
         if isinstance(notification, t.LoggingMessageNotification):
-            callers = self.callers.get(alias)
-            if callers:
-                await callers[-1].log(notification.params)
+            caller = origin_among(self.callers.get(alias, ()))
+            if caller is not None:
+                await caller.log(notification.params)
             else:
                 params = notification.params.model_dump(by_alias=True, exclude_none=True)
                 for conn in list(self.connections):
