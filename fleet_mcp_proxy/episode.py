@@ -435,6 +435,7 @@ class Episode:
             self.links.clear()
             self.instances.clear()
             self.connections.clear()
+            self.listen.close()  # open listen streams end gracefully instead of pinning this episode
             self._end_done.set()
             logger.info("episode %s ended: %s", self.id, reason)
             if telemetry.ON:

@@ -178,9 +178,10 @@ class Registry:
         while True:
             await anyio.sleep(interval)
             now = anyio.current_time()
-            for key, episode in list(self.episodes.items()):
-                if episode.inflight == 0 and now - episode.last_active >= idle:
-                    self.schedule_end(key, f"idle for {idle:g} s")
+            # A comprehension, so no loop variable keeps the last episode looked at alive until the next tick.
+            idle_keys = [k for k, e in self.episodes.items() if e.inflight == 0 and now - e.last_active >= idle]
+            for key in idle_keys:
+                self.schedule_end(key, f"idle for {idle:g} s")
 
     async def shutdown(self) -> None:
         """End every episode concurrently; shielded and bounded."""
