@@ -272,7 +272,7 @@ class Episode:
         if link.failure is not None:
             errors.append(f"environment '{env.name}' {link.failure}")
             self.instances.pop(env.name, None)
-            await self._release(instance)
+            await self._release(instance, recorded=False)  # never recorded as added: no release to record
             return
         self.links[env.name] = link
         PROVISIONING.record(env.name, instance.provider, anyio.current_time() - started)
@@ -444,10 +444,11 @@ class Episode:
                     self.id, reason, reward.reward if reward else None, reward.status if reward else None
                 )
 
-    async def _release(self, instance: Instance) -> None:
+    async def _release(self, instance: Instance, *, recorded: bool = True) -> None:
         try:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._end_timeout):
                 await self._provider.release(instance)
-            self.recorder.emit("instance_released", self.id, instance.instance_id, now())
+            if recorded:
+                self.recorder.emit("instance_released", self.id, instance.instance_id, now())
         except Exception:  # one failed release must not stop the others
             logger.exception("releasing %s (%s) failed", instance.instance_id, instance.alias)
