@@ -12,6 +12,9 @@ from mcp import MCPError
 from test_failures import toml_config
 
 from fleet_mcp_proxy.config import load_config
+from fleet_mcp_proxy.recorder import Recorder, now
+from fleet_mcp_proxy.store import StoreError
+from fleet_mcp_proxy.store.sqlite import open_store
 
 pytestmark = pytest.mark.anyio
 
@@ -61,3 +64,27 @@ async def test_a_link_that_fails_to_start_records_no_release_of_an_instance_neve
         record = await store.get(episode.id)
     assert record is not None and record.instances == ()
     assert not [r for r in caplog.records if r.name == "fleet_mcp_proxy.recorder"], caplog.text
+
+
+@pytest.mark.timeout(60)
+async def test_a_recorder_out_of_time_still_closes_the_store_and_counts_what_it_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "episodes.sqlite3"
+    store = await open_store(path)
+    recorder = Recorder(store)
+    emitted = 5
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(recorder.run)
+        for n in range(emitted):
+            recorder.emit("open_episode", f"ep-{n}", "anyone", None, now())
+        with anyio.fail_after(30):
+            await recorder.close(0)  # no time at all: whatever is still queued cannot be written
+    with pytest.raises(StoreError):
+        await store.get("ep-0")  # closed
+    dropped = [r for r in caplog.records if "queued record(s) not written" in r.getMessage()]
+    assert len(dropped) == 1 and dropped[0].levelname == "WARNING"
+    lost = int(dropped[0].getMessage().split(": ")[1].split()[0])
+    async with await open_store(path) as reopened:
+        written = sum([await reopened.get(f"ep-{n}") is not None for n in range(emitted)])
+    assert lost >= 1 and written + lost == emitted, (written, lost)
