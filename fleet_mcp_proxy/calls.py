@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -13,7 +14,7 @@ from . import telemetry
 from .backends import BackendGone, BackendLink
 from .catalog import Route
 from .episode import Episode
-from .forwarding import Caller, forward_params, tool_error
+from .forwarding import Caller, forward_params, on_behalf_of, tool_error
 from .progress import keepalive
 from .roundtrip import PendingCall
 
@@ -81,7 +82,7 @@ async def _tracked_call(episode: Episode, alias: str, caller: Caller, link: Back
     callers = episode.callers.setdefault(alias, [])
     callers.append(caller)
     try:
-        with episode.busy():
+        with episode.busy(), on_behalf_of(caller):
             call = link.request(
                 "tools/call",
                 params,
@@ -116,6 +117,15 @@ async def forward_tool_call(
         return _outcome_error(exc, exposed, alias, timeout)
 
 
+async def _run_pending(episode: Episode, pending: PendingCall, call: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+    try:
+        await pending.run(call)
+    finally:
+        # A waiting handler holds the call itself; the token expires with the call. A client that stopped
+        # answering an input request ends the call at the call timeout, and nothing of it stays behind.
+        episode.pending.pop(pending.token, None)
+
+
 async def _forward_modern(
     ctx: ServerRequestContext[Any, Any], episode: Episode, route: Route, exposed: str, caller: Caller
 ) -> dict[str, Any]:
@@ -139,7 +149,9 @@ async def _forward_modern(
         caller.pending = pending
         episode.pending[pending.token] = pending
         params = forward_params(raw, name=route.original)
-        episode.task_group.start_soon(pending.run, lambda: _tracked_call(episode, alias, caller, link, params))
+        episode.task_group.start_soon(
+            _run_pending, episode, pending, lambda: _tracked_call(episode, alias, caller, link, params)
+        )
     try:
         result = await pending.next()
     except anyio.get_cancelled_exc_class():

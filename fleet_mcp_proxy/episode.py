@@ -37,7 +37,7 @@ from .catalog import (
 )
 from .catalog_cache import CatalogCache, cache_key
 from .config import GRADING_MARGIN, EnvironmentConfig, FleetSettings, Modality
-from .forwarding import Upstream
+from .forwarding import Upstream, origin_among
 from .outcome import Execute, Outcome
 from .providers.base import HttpTarget, Instance, Provider, ProvisionError
 from .provision_latency import PROVISIONING
@@ -273,7 +273,7 @@ class Episode:
         if link.failure is not None:
             errors.append(f"environment '{env.name}' {link.failure}")
             self.instances.pop(env.name, None)
-            await self._release(instance)
+            await self._release(instance, recorded=False)  # never recorded as added: no release to record
             return
         self.links[env.name] = link
         PROVISIONING.record(env.name, instance.provider, anyio.current_time() - started)
@@ -323,10 +323,10 @@ class Episode:
 
     # -- traffic backends start (LinkEvents) ---------------------------------------------------------------
     async def relay_request(self, alias: str, request: t.ServerRequest, result_type: type[Any]) -> Any:
-        callers = self.callers.get(alias)
+        caller = origin_among(self.callers.get(alias, ()))
         timeout = self.environments[alias].call_timeout
-        if callers:
-            return await callers[-1].ask(request, result_type, timeout)
+        if caller is not None:
+            return await caller.ask(request, result_type, timeout)
         if self.connections:
             with anyio.fail_after(timeout):
                 return await self.connections[-1].send_request(request)
@@ -334,9 +334,9 @@ class Episode:
 
     async def relay_notification(self, alias: str, notification: t.ServerNotification) -> None:
         if isinstance(notification, t.LoggingMessageNotification):
-            callers = self.callers.get(alias)
-            if callers:
-                await callers[-1].log(notification.params)
+            caller = origin_among(self.callers.get(alias, ()))
+            if caller is not None:
+                await caller.log(notification.params)
             else:
                 params = notification.params.model_dump(by_alias=True, exclude_none=True)
                 for conn in list(self.connections):
@@ -466,6 +466,7 @@ class Episode:
                 else:
                     self.end_state = "pending"
                     await self._stop(release=False)
+                self.listen.close()  # open listen streams end gracefully instead of pinning this episode
                 self._end_done.set()
             logger.info("episode %s ended: %s%s", self.id, reason, "" if graded else " (grading left pending)")
             if telemetry.ON:
@@ -498,16 +499,19 @@ class Episode:
         if release:
             self.instances.clear()
 
-    async def _release(self, instance: Instance) -> bool:
-        """Release and record it once acknowledged; False leaves it recorded as held, for the next finisher."""
+    async def _release(self, instance: Instance, *, recorded: bool = True) -> bool:
+        """Release and record it once acknowledged; False leaves it recorded as held, for the next finisher.
+
+        `recorded=False`: an instance whose link never started was never recorded, so neither is its release.
+        """
         try:
             with anyio.CancelScope(shield=True):
                 acknowledged = await self._provider.release(instance, wait=self._end_timeout / 2)
         except Exception:  # one failed release must not stop the others
             logger.exception("releasing %s (%s) failed", instance.instance_id, instance.alias)
             return False
-        if acknowledged:
+        if acknowledged and recorded:
             self.recorder.emit("instance_released", self.id, instance.instance_id, now())
-        else:
+        elif not acknowledged:
             self._unreleased += 1
         return acknowledged

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import anyio
@@ -25,6 +27,35 @@ class Upstream(Protocol):
     async def log(self, params: t.LoggingMessageNotificationParams) -> None: ...
 
     async def ask(self, request: t.ServerRequest, result_type: type[Any], timeout: float) -> Any: ...
+
+
+# The upstream a backend call is made for, set in the task that sends it. The SDK's HTTP client transport reads
+# each call's response stream in a task that inherits the sender's context and hands what arrives there (the
+# backend's requests and logs related to that call) to our callbacks in that context, so they can read it.
+_ORIGIN: ContextVar[Upstream | None] = ContextVar("fleet_mcp_proxy_upstream", default=None)
+
+
+@contextmanager
+def on_behalf_of(upstream: Upstream) -> Iterator[None]:
+    """Backend traffic caused by calls sent inside this block belongs to `upstream`."""
+    token = _ORIGIN.set(upstream)
+    try:
+        yield
+    finally:
+        _ORIGIN.reset(token)
+
+
+def origin_among(in_flight: Sequence[Upstream]) -> Upstream | None:
+    """The in-flight call a backend request or log belongs to.
+
+    Known (the backend sent it on that call's HTTP response stream): that call. Unknown (a stdio backend, whose
+    one pipe carries no relation, or the backend's standalone stream): with one call in flight, it; with several,
+    the most recent, a guess within the same episode that at least reaches the agent; with none, None.
+    """
+    origin = _ORIGIN.get()
+    if origin is not None and any(caller is origin for caller in in_flight):
+        return origin
+    return in_flight[-1] if in_flight else None
 
 
 class Caller:

@@ -191,11 +191,13 @@ class Registry:
         while True:
             await anyio.sleep(interval)
             now = anyio.current_time()
-            for key, episode in list(self.episodes.items()):
-                if episode.inflight == 0 and now - episode.last_active >= idle:
-                    self.schedule_end(key, f"idle for {idle:g} s")
-                elif episode.task is not None and episode.must_end_for_expiry():
-                    self.schedule_end(key, "instance expiring: graded while it lives")
+            # Comprehensions, so no loop variable keeps the last episode looked at alive until the next tick.
+            idle_keys = [k for k, e in self.episodes.items() if e.inflight == 0 and now - e.last_active >= idle]
+            for key in idle_keys:
+                self.schedule_end(key, f"idle for {idle:g} s")
+            expiring = [k for k, e in self.episodes.items() if e.task is not None and e.must_end_for_expiry()]
+            for key in expiring:
+                self.schedule_end(key, "instance expiring: graded while it lives")
 
     async def shutdown(self, grace: float) -> set[str]:
         """End every episode concurrently within `grace` seconds; returns the instances pending ends still need.

@@ -113,3 +113,32 @@ async def test_concurrent_large_outputs_fill_the_store_and_evict_the_oldest() ->
             kept = [i for i in ids if not (await c.call_tool("view_tool_output", {"output_id": i})).is_error]
             assert len(kept) == 5, kept
             assert sorted(kept, key=lambda i: int(i.split("-")[1])) == [f"out-{n}" for n in range(16, 21)]
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(300)  # the old `re` engine held the event loop for about 80 s here; the bound below is 10 s
+async def test_a_backtracking_regex_neither_stalls_its_episode_nor_any_other() -> None:
+    async with (
+        proxy_http(_context_config(budget_chars=100)) as proxy,
+        http_client(proxy.url) as agent,
+        http_client(proxy.url) as other,
+    ):
+        with anyio.fail_after(60):
+            await agent.list_tools()
+            await other.list_tools()
+            await agent.call_tool("echo", {"text": "a" * 500})  # one 500-character line, stored as out-1
+        results: dict[str, Any] = {}
+
+        async def search() -> None:
+            results["search"] = await agent.call_tool("search_tool_output", {"pattern": r"\w*\w*\w*z", "regex": True})
+
+        async def serve_other() -> None:
+            results["other"] = await other.call_tool("echo", {"text": "still served"})
+
+        # RE2 answers in milliseconds; Python's re backtracked for about 80 s with the whole proxy stalled.
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(search)
+                tg.start_soon(serve_other)
+        assert not results["search"].is_error and _text(results["search"]).startswith("No matches for")
+        assert _text(results["other"]) == "still served"

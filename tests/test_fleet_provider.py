@@ -168,8 +168,14 @@ async def test_a_tool_list_of_a_fleet_episode_is_the_instance_list_unchanged() -
         async with proxy_http(config) as proxy, http_client(proxy.url) as c:
             with anyio.fail_after(60):
                 via_proxy = (await c.list_tools()).tools
-        assert all(isinstance(tool, t.Tool) for tool in via_proxy)
+            (episode,) = proxy.state.registry.episodes.values()
+            from_instance = episode.links["tracker"].lists["tools"]  # what the instance itself listed, raw
         assert {tool.name for tool in via_proxy} >= {"list_projects", "get_issue", "close_issue"}
+        # Unchanged: every tool, in order, with every field the instance gave it (no renames, no dropped keys).
+        assert [tool.model_dump(by_alias=True, mode="json", exclude_none=True) for tool in via_proxy] == [
+            t.Tool.model_validate(tool).model_dump(by_alias=True, mode="json", exclude_none=True)
+            for tool in from_instance
+        ]
 
 
 @pytest.mark.anyio

@@ -101,3 +101,21 @@ async def test_releasing_stops_the_heartbeat() -> None:
             await anyio.Event().wait()
         tg.cancel_scope.cancel()
     assert beats == counted
+
+
+@pytest.mark.anyio
+async def test_the_released_ids_kept_for_idempotency_are_bounded() -> None:
+    deleted: list[str] = []
+
+    async def delete(instance: Instance) -> None:
+        deleted.append(instance.instance_id)
+
+    async with anyio.create_task_group() as tg:
+        keeper = LeaseKeeper(tg, released_kept=3)
+        for n in range(1, 6):
+            keeper.release(_instance(n), delete)
+        assert await keeper.drain(30)
+        keeper.release(_instance(5), delete)  # recent: still known, not deleted twice
+        keeper.release(_instance(1), delete)  # forgotten (only 3 kept): deleted again, harmlessly
+        assert await keeper.drain(30)
+    assert deleted == ["inst-1", "inst-2", "inst-3", "inst-4", "inst-5", "inst-1"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -67,10 +68,14 @@ class LeaseKeeper:
         *,
         release_attempts: int = 6,
         release_timeout: float = 60.0,
+        released_kept: int = 10_000,
     ) -> None:
         self._tg = task_group
         self._leases: dict[str, _Lease] = {}
-        self._released: set[str] = set()
+        # Ids already released, so a second release is a no-op; only the most recent are kept (a proxy runs
+        # for months). A repeat older than that deletes again, which the platform answers as already gone.
+        self._released: OrderedDict[str, None] = OrderedDict()
+        self._released_kept = released_kept
         self._acks: dict[str, anyio.Event] = {}  # releases in progress
         self._pending = 0
         self._idle = anyio.Event()
@@ -114,16 +119,14 @@ class LeaseKeeper:
     def release(self, instance: Instance, delete: Delete) -> anyio.Event:
         """Stop heartbeats and queue the release; idempotent. The event is set once the provider acknowledged
         the release (it stays unset if every retry failed)."""
-        lease = self._leases.pop(instance.instance_id, None)
-        if lease is not None:
-            lease.stop.set()
-            if telemetry.ON:
-                telemetry.instances_changed(-1, instance.provider)
+        self.forget(instance)
         acknowledged = self._acks.get(instance.instance_id)
         if acknowledged is not None or instance.instance_id in self._released:
             return acknowledged or _SET
         acknowledged = self._acks[instance.instance_id] = anyio.Event()
-        self._released.add(instance.instance_id)
+        self._released[instance.instance_id] = None
+        while len(self._released) > self._released_kept:
+            self._released.popitem(last=False)
         self._pending += 1
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         self._tg.start_soon(self._release, instance, delete)

@@ -1,36 +1,32 @@
-"""Bounded pattern matching for the context tools' searches.
+"""Linear-time pattern matching for the context tools' searches.
 
-Python's `re` has no timeout and holds the GIL, so a bad pattern on a long text would stall the whole
-proxy, not just one episode (a worker thread does not help). Plain-text search uses str.find, which is
-linear, and is unrestricted.
-Regex search is bounded instead: patterns that backtrack exponentially (a quantifier or an alternation under
-another quantifier) are refused, and matching runs line by line, in overlapping windows of REGEX_WINDOW_CHARS,
-within the first REGEX_MAX_CHARS. Windows cap the quadratic cost of `.*x` or `x+y` on one long line (about
-2 s at worst, on 500,000 copies of one letter); the price is that in lines longer than a window, a match
-longer than REGEX_OVERLAP_CHARS may be cut short. Adjacent overlapping quantifiers such as `\\w*\\w*z` still
-cost the cube of the window per window: only a separate process with a timeout would bound every pattern.
+Patterns come from agents, so they must not be able to stall the proxy: Python's `re` backtracks (one
+`\\w*\\w*\\w*z` over a 500-character line took 79 s on the event loop, serving no one else meanwhile). Regex
+search therefore runs on RE2 (google-re2), whose time is linear in the text for every pattern it accepts; it
+refuses backreferences and lookaround, which need backtracking. Plain-text search uses str.find, also linear.
+Regex matching still runs line by line, in overlapping windows of REGEX_WINDOW_CHARS, within the first
+REGEX_MAX_CHARS: each match's search is then bounded by a window, not by the line (`a.*b|a` on one long line
+of `a` would otherwise rescan the rest of the line once per match). In lines longer than a window, a match
+longer than REGEX_OVERLAP_CHARS may be cut short.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-with warnings.catch_warnings():
-    # sre_parse is the typed public name of re._parser; it warns on import only.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import sre_parse
+import re2
 
 MAX_MATCHES = 10_000
 REGEX_MAX_CHARS = 500_000
-REGEX_WINDOW_CHARS = 500
-REGEX_OVERLAP_CHARS = 100
+REGEX_WINDOW_CHARS = 2_000
+REGEX_OVERLAP_CHARS = 500
 MATCH_SHOW_CHARS = 200
-_REPEATS = frozenset({"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"})
+# RE2 keeps a compiled pattern within this much memory; a pattern that needs more is refused.
+REGEX_MAX_MEM = 8 << 20
 
 
 class PatternError(ValueError):
@@ -41,7 +37,7 @@ class PatternError(ValueError):
 class Searcher:
     pattern: str
     regex: bool
-    compiled: re.Pattern[str]
+    compiled: Any  # re2's compiled pattern (regex) or an re.Pattern (plain text); neither is typed alike
 
     def spans(self, text: str, limit: int = MAX_MATCHES) -> tuple[list[tuple[int, int]], bool]:
         """(start, end) offsets of up to `limit` non-overlapping matches, and whether more were left uncounted."""
@@ -54,10 +50,11 @@ class Searcher:
 
     def _spans(self, text: str) -> Iterator[tuple[int, int]]:
         if self.regex:
-            return (match.span() for match in _regex_matches(self.compiled, text))
+            return _regex_spans(self.compiled, text)
         lowered, needle = text.lower(), self.pattern.lower()
         if len(lowered) != len(text) or len(needle) != len(self.pattern):
-            # Rare letters (like "İ") lengthen when lowered, which would shift offsets; re keeps them right.
+            # Rare letters (like "İ") lengthen when lowered, which would shift offsets; re keeps them right
+            # (an escaped literal never backtracks).
             return (match.span() for match in self.compiled.finditer(text))
         return _find_all(lowered, needle)
 
@@ -70,45 +67,55 @@ def _find_all(text: str, needle: str) -> Iterator[tuple[int, int]]:
         pos = text.find(needle, pos + len(needle))
 
 
+def _options() -> Any:
+    options = re2.Options()
+    options.case_sensitive = False
+    options.max_mem = REGEX_MAX_MEM
+    options.log_errors = False  # a refused pattern is the agent's business, not stderr's
+    return options
+
+
+_OPTIONS = _options()
+
+
 def compile_pattern(pattern: str, regex: bool) -> Searcher:
     if not regex:
         return Searcher(pattern, regex, re.compile(re.escape(pattern), re.IGNORECASE))
     try:
-        compiled = re.compile(pattern, re.IGNORECASE | re.MULTILINE)
-    except re.error as exc:
-        raise PatternError(
-            f"invalid regex {pattern!r}: {exc.msg} at position {exc.pos}. "
-            "Fix it, or pass regex=false to search for the text literally."
-        ) from None
-    if _risky(sre_parse.parse(pattern), under_repeat=False):
-        raise PatternError(
-            f"regex {pattern!r} nests a quantifier or an alternation inside another quantifier (like (a+)+ or "
-            "(a|b)*), which can take exponential time; the proxy refuses such patterns. Use a simpler regex, "
-            "or regex=false to search for the text literally."
-        )
+        # (?m): ^ and $ match at line ends, as a line-by-line reader expects.
+        compiled = re2.compile("(?m)" + pattern, _OPTIONS)
+    except re2.error as exc:
+        raise PatternError(_refusal(pattern, exc)) from None
     return Searcher(pattern, regex, compiled)
 
 
-def _risky(tree: Any, under_repeat: bool) -> bool:
-    for op, av in tree:
-        name = str(op)
-        if name in _REPEATS:
-            _, high, body = av
-            if under_repeat and high > 1:
-                return True
-            if _risky(body, under_repeat or high > 1):
-                return True
-        elif name == "BRANCH":
-            if under_repeat or any(_risky(alt, under_repeat) for alt in av[1]):
-                return True
-        else:
-            parts = av if isinstance(av, tuple) else (av,)
-            if any(isinstance(part, sre_parse.SubPattern) and _risky(part, under_repeat) for part in parts):
-                return True
-    return False
+_UNSUPPORTED = (
+    "The proxy runs regexes on RE2, which matches in linear time and so does not support backreferences "
+    "(\\1, (?P=name)) or lookaround ((?=...), (?!...), (?<=...), (?<!...))."
+)
 
 
-def _regex_matches(compiled: re.Pattern[str], text: str) -> Iterator[re.Match[str]]:
+def _refusal(pattern: str, exc: Exception) -> str:
+    raw = exc.args[0] if exc.args else b""
+    reason = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    reason = reason.replace("(?m)", "", 1)
+    fix = "Fix it, or pass regex=false to search for the text literally."
+    if reason.startswith("invalid perl operator: (?=") or reason.startswith("invalid perl operator: (?!"):
+        return f"regex {pattern!r} uses lookahead. {_UNSUPPORTED} {fix}"
+    if reason.startswith(("invalid perl operator: (?<=", "invalid perl operator: (?<!")):
+        return f"regex {pattern!r} uses lookbehind. {_UNSUPPORTED} {fix}"
+    if (reason == "invalid perl operator: (?P" and "(?P=" in pattern) or (
+        reason.startswith("invalid escape sequence: \\") and reason[-1:].isdigit()
+    ):
+        return f"regex {pattern!r} uses a backreference. {_UNSUPPORTED} {fix}"
+    if reason == "invalid escape sequence: \\Z":
+        return f"regex {pattern!r} uses \\Z, which RE2 spells \\z (end of text). {fix}"
+    if "pattern too large" in reason:
+        return f"regex {pattern!r} is too large to compile within the proxy's memory limit. Use a smaller regex. {fix}"
+    return f"invalid regex {pattern!r}: {reason}. {fix}"
+
+
+def _regex_spans(compiled: Any, text: str) -> Iterator[tuple[int, int]]:
     end_all = min(len(text), REGEX_MAX_CHARS)
     pos = 0
     while pos <= end_all:  # `<=` also visits the empty line after a final newline, so `^$` can match it
@@ -119,15 +126,24 @@ def _regex_matches(compiled: re.Pattern[str], text: str) -> Iterator[re.Match[st
             stop = min(start + REGEX_WINDOW_CHARS, line_end)
             # Matches starting in the overlap are left to the next window, which sees them whole.
             resume = stop + 1 if stop == line_end else stop - REGEX_OVERLAP_CHARS
-            for match in compiled.finditer(text, start, stop):
-                if match.start() >= resume:
+            for found_start, found_end in _window_spans(compiled, text, start, stop):
+                if found_start >= resume:
                     break
-                yield match
-                resume = max(resume, match.end())
+                yield found_start, found_end
+                resume = max(resume, found_end)
             if stop == line_end:
                 break
             start = resume
         pos = line_end + 1
+
+
+def _window_spans(compiled: Any, text: str, start: int, stop: int) -> Iterator[tuple[int, int]]:
+    # RE2 re-encodes the whole string it is given, so it gets the window plus one character of context on each
+    # side: enough for ^, $, \b, \A and \z to see what surrounds the window.
+    lo, hi = max(0, start - 1), min(len(text), stop + 1)
+    for match in compiled.finditer(text[lo:hi], start - lo, stop - lo):
+        found_start, found_end = match.span()
+        yield lo + found_start, lo + found_end
 
 
 def regex_coverage_note(text: str, regex: bool) -> str:

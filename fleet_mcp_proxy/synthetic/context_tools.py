@@ -64,7 +64,8 @@ def tool_definitions(settings: ContextSettings) -> list[dict[str, Any]]:
             SEARCH_TOOL,
             (
                 "Search a tool output that the proxy shortened because it was too long. Matching ignores case; "
-                "pattern is plain text, or a Python regular expression with regex=true (matched line by line "
+                "pattern is plain text, or an RE2 regular expression with regex=true (no backreferences or lookaround; "
+                "matched line by line "
                 f"within the first {REGEX_MAX_CHARS:,} characters; very long matches may be cut short). Lists each "
                 f"match with its character offset, the {VIEW_TOOL} page that holds it and the surrounding text, "
                 f"{MATCHES_PER_PAGE} matches per page (pages numbered from 0). Without output_id, searches the "

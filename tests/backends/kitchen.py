@@ -93,6 +93,7 @@ def build(name: str) -> Server[Any]:
     ]
     extra = t.Tool(name=f"extra_{name}", description="Appears after chatty.", input_schema=obj)
     state: dict[str, Any] = {"extra": False}
+    waiting: list[anyio.Event] = []  # ask_user calls with pair=true waiting for a partner
 
     async def list_tools(ctx: Ctx, params: t.PaginatedRequestParams | None) -> t.ListToolsResult:
         listed = tools + ([extra] if state["extra"] else [])
@@ -151,8 +152,17 @@ def build(name: str) -> Server[Any]:
             content = r.content
             return t.CallToolResult(content=_text(f"sampled: {getattr(content, 'text', '?')}"))
         if p.name == "ask_user":
+            if args.get("pair"):  # elicit only once two such calls are in flight at once
+                if waiting:
+                    waiting.pop().set()
+                else:
+                    partner = anyio.Event()
+                    waiting.append(partner)
+                    with anyio.fail_after(60):
+                        await partner.wait()
+            label = f" ({args['label']})" if "label" in args else ""
             r2 = await s.elicit_form(
-                "Your name?", {"type": "object", "properties": {"n": {"type": "string"}}}, ctx.request_id
+                f"Your name?{label}", {"type": "object", "properties": {"n": {"type": "string"}}}, ctx.request_id
             )
             return t.CallToolResult(content=_text(f"elicited: {r2.action} {r2.content}"))
         if p.name == "roots":
