@@ -35,6 +35,7 @@ from .catalog import (
     build_tool_catalog,
 )
 from .catalog_cache import CatalogCache, cache_key
+from .chatlog import ChatLog
 from .config import EnvironmentConfig, FleetSettings, Modality
 from .forwarding import Upstream
 from .outcome import Execute, Outcome
@@ -46,6 +47,7 @@ from .roundtrip import PendingCall
 from .synthetic.context import CallLog, ContextSettings, OutputStore, tool_definitions
 from .synthetic.submit import SUBMIT_TOOL
 from .tasks import Task
+from .verify.conversation import takes_conversation
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,8 @@ class Episode:
         self.context = context
         self.outputs = OutputStore.for_settings(context) if context is not None else None
         self.call_log = CallLog() if context is not None else None
+        # Kept only for a judge whose `verify` takes `conversation` (B22): nobody else reads it.
+        self.chat = ChatLog(task.prompt) if task is not None and takes_conversation(task.verifier_code) else None
         synthetic = [SUBMIT_TOOL] if submit_tool else []
         synthetic += tool_definitions(context) if context is not None else []
         self._synthetic: tuple[dict[str, Any], ...] = tuple(synthetic)
@@ -386,7 +390,8 @@ class Episode:
         if instance is None:
             return None, "not_provisioned"
         answer = self.outcome.submission.answer if self.outcome.submission else None
-        return self._provider.verifier(instance, task, answer, self._verify_timeout), ""
+        conversation = self.chat.encoded(answer) if self.chat is not None else None
+        return self._provider.verifier(instance, task, answer, self._verify_timeout, conversation=conversation), ""
 
     async def verify(self, trigger: str) -> None:
         """Verify once (submit, close or explicit); bounded; the reward resource is updated."""

@@ -44,8 +44,11 @@ def record_call(
     *,
     is_error: bool | None = None,
 ) -> None:
-    """Every tool call the agent made, synthetic ones included, goes into the episode record."""
+    """Every tool call the agent made, synthetic ones included, goes into the episode record (and the chat a judge
+    verifier reads, when it takes one)."""
     body = result if isinstance(result, dict) else {}
+    if episode.chat is not None:
+        episode.chat.record(name, arguments, body)
     call = CallRecord(
         tool=name,
         arguments=arguments or {},
