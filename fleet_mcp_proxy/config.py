@@ -201,6 +201,9 @@ class ProxyConfig(_Frozen):
     submit_tool: Literal["auto", "always", "never"] = "auto"
     partial_reward: bool = False
     verify_timeout: float = Field(default=300.0, gt=0)
+    max_steps: int | None = Field(
+        default=None, gt=0
+    )  # tool calls per episode, then graded ("max_steps"); tasks override
     progress_interval: float = Field(default=3.0, ge=0)  # reports while a request waits for provisioning; 0: none
     keepalive_interval: float = Field(default=15.0, ge=0)  # progress beats on a silent tool call with a token; 0: none
     allowed_hosts: tuple[str, ...] = ()

@@ -44,6 +44,7 @@ from .provision_latency import PROVISIONING
 from .recorder import Recorder, now
 from .resources import EPISODE_PREFIX
 from .roundtrip import PendingCall
+from .steps import StepBudget
 from .synthetic.context import CallLog, ContextSettings, OutputStore, tool_definitions
 from .synthetic.submit import SUBMIT_TOOL
 from .tasks import Task
@@ -106,6 +107,7 @@ class Episode:
         self.call_log = CallLog() if context is not None else None
         # Kept only for a judge whose `verify` takes `conversation` (B22): nobody else reads it.
         self.chat = ChatLog(task.prompt) if task is not None and takes_conversation(task.verifier_code) else None
+        self.steps = StepBudget()  # the registry sets the limit and what happens at it
         synthetic = [SUBMIT_TOOL] if submit_tool else []
         synthetic += tool_definitions(context) if context is not None else []
         self._synthetic: tuple[dict[str, Any], ...] = tuple(synthetic)

@@ -267,8 +267,8 @@ class FastLane:
             return False  # progress is re-addressed per hop, a handed-over chat is taken in: the SDK path does both
         name: str = params["name"]
         route = episode.tools.route(name)
-        if route is None or route.alias is None or episode.outcome.finished:
-            return False
+        if route is None or route.alias is None or episode.outcome.finished or episode.steps.limited:
+            return False  # ... and steps are counted on the SDK path only
         link = episode.links.get(route.alias)
         target = link.lane_target() if link is not None else None
         if target is None:

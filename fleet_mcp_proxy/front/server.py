@@ -63,6 +63,20 @@ async def list_tools(ctx: Ctx, params: t.PaginatedRequestParams) -> HandlerResul
 
 
 async def call_tool(ctx: Ctx, params: t.CallToolRequestParams) -> HandlerResult:
+    """Every tools/call is one step of the episode's `max_steps` (steps.py), whatever it turns out to be."""
+    episode = episode_for(ctx)
+    if isinstance((ctx.params or {}).get("requestState"), str):
+        return await _call_tool(ctx, params)  # a 2026-07-28 call continuing after input: the same step
+    refusal = episode.steps.take()
+    if refusal is not None:
+        return tool_error(refusal)
+    try:
+        return await _call_tool(ctx, params)
+    finally:
+        episode.steps.done()
+
+
+async def _call_tool(ctx: Ctx, params: t.CallToolRequestParams) -> HandlerResult:
     episode = episode_for(ctx)
     if episode.chat is not None:  # taken before the call: a submit starts its verifier at once
         take_conversation(episode, (ctx.params or {}).get("_meta"))
