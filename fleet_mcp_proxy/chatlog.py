@@ -23,7 +23,12 @@ import json
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .verify.conversation import takes_conversation
+
+if TYPE_CHECKING:
+    from .tasks import Task
 
 HANDOVER_META = "fleet-mcp-proxy/conversation"
 MAX_EXCHANGES = 500  # the oldest calls are dropped past this, with a note saying how many
@@ -75,6 +80,11 @@ class ChatLog:
     def encoded(self, final_answer: str | None) -> str:
         """What the verifier's `conversation` argument receives, encoded as Fleet's harness encodes it."""
         return json.dumps(self.messages(final_answer), default=str)
+
+
+def for_task(task: Task | None) -> ChatLog | None:
+    """A log for an episode whose verifier takes a conversation; None for every other (nobody would read it)."""
+    return ChatLog(task.prompt) if task is not None and takes_conversation(task.verifier_code) else None
 
 
 def result_text(result: Mapping[str, Any]) -> str:

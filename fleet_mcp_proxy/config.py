@@ -199,11 +199,9 @@ class ProxyConfig(_Frozen):
     tasks_file: str | None = None
     task: str | None = None
     submit_tool: Literal["auto", "always", "never"] = "auto"
+    max_steps: int | None = Field(default=None, gt=0)  # tool calls per episode, then graded; a task's own wins
     partial_reward: bool = False
     verify_timeout: float = Field(default=300.0, gt=0)
-    max_steps: int | None = Field(
-        default=None, gt=0
-    )  # tool calls per episode, then graded ("max_steps"); tasks override
     progress_interval: float = Field(default=3.0, ge=0)  # reports while a request waits for provisioning; 0: none
     keepalive_interval: float = Field(default=15.0, ge=0)  # progress beats on a silent tool call with a token; 0: none
     allowed_hosts: tuple[str, ...] = ()

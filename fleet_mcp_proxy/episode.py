@@ -24,7 +24,7 @@ from mcp.server.subscriptions import (
     ToolsListChanged,
 )
 
-from . import telemetry
+from . import chatlog, telemetry
 from .backends import BackendGone, BackendLink
 from .catalog import (
     PromptCatalog,
@@ -35,7 +35,6 @@ from .catalog import (
     build_tool_catalog,
 )
 from .catalog_cache import CatalogCache, cache_key
-from .chatlog import ChatLog
 from .config import EnvironmentConfig, FleetSettings, Modality
 from .forwarding import Upstream
 from .outcome import Execute, Outcome
@@ -48,7 +47,6 @@ from .steps import StepBudget
 from .synthetic.context import CallLog, ContextSettings, OutputStore, tool_definitions
 from .synthetic.submit import SUBMIT_TOOL
 from .tasks import Task
-from .verify.conversation import takes_conversation
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +104,7 @@ class Episode:
         self.outputs = OutputStore.for_settings(context) if context is not None else None
         self.call_log = CallLog() if context is not None else None
         # Kept only for a judge whose `verify` takes `conversation` (B22): nobody else reads it.
-        self.chat = ChatLog(task.prompt) if task is not None and takes_conversation(task.verifier_code) else None
+        self.chat = chatlog.for_task(task)
         self.steps = StepBudget()  # the registry sets the limit and what happens at it
         synthetic = [SUBMIT_TOOL] if submit_tool else []
         synthetic += tool_definitions(context) if context is not None else []
