@@ -204,6 +204,7 @@ class ProxyConfig(_Frozen):
     tasks_file: str | None = None
     task: str | None = None
     submit_tool: Literal["auto", "always", "never"] = "auto"
+    max_steps: int | None = Field(default=None, gt=0)  # tool calls per episode, then graded; a task's own wins
     partial_reward: bool = False
     verify_timeout: float = Field(default=120.0, gt=0)  # the whole grading of an episode, every attempt included
     progress_interval: float = Field(default=3.0, ge=0)  # reports while a request waits for provisioning; 0: none

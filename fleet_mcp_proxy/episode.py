@@ -25,7 +25,7 @@ from mcp.server.subscriptions import (
     ToolsListChanged,
 )
 
-from . import telemetry
+from . import chatlog, telemetry
 from .backends import BackendGone, BackendLink
 from .catalog import (
     PromptCatalog,
@@ -44,6 +44,7 @@ from .provision_latency import PROVISIONING
 from .recorder import Recorder, now
 from .resources import EPISODE_PREFIX
 from .roundtrip import PendingCall
+from .steps import StepBudget
 from .synthetic.context import CallLog, ContextSettings, OutputStore, tool_definitions
 from .synthetic.submit import SUBMIT_TOOL
 from .tasks import Task
@@ -103,6 +104,9 @@ class Episode:
         self.context = context
         self.outputs = OutputStore.for_settings(context) if context is not None else None
         self.call_log = CallLog() if context is not None else None
+        # Kept only for a judge whose `verify` takes `conversation` (B22): nobody else reads it.
+        self.chat = chatlog.for_task(task)
+        self.steps = StepBudget()  # the registry sets the limit and what happens at it
         synthetic = [SUBMIT_TOOL] if submit_tool else []
         synthetic += tool_definitions(context) if context is not None else []
         self._synthetic: tuple[dict[str, Any], ...] = tuple(synthetic)
@@ -401,7 +405,8 @@ class Episode:
         if instance is None:
             return None, "not_provisioned"
         answer = self.outcome.submission.answer if self.outcome.submission else None
-        return self._provider.verifier(instance, task, answer, self._verify_timeout), ""
+        conversation = self.chat.encoded(answer) if self.chat is not None else None
+        return self._provider.verifier(instance, task, answer, self._verify_timeout, conversation=conversation), ""
 
     async def verify(self, trigger: str) -> None:
         """Verify once (submit, close or explicit) within `verify_timeout` in all; the reward resource is updated."""

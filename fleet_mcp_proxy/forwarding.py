@@ -14,6 +14,7 @@ from mcp.server import ServerRequestContext
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from .chatlog import HANDOVER_META
 from .progress import ProgressSender, sender_for, wants_progress
 from .roundtrip import PendingCall
 
@@ -107,7 +108,11 @@ def forward_params(raw: Mapping[str, Any] | None, **replace: Any) -> dict[str, A
     params.update(replace)
     meta = raw.get("_meta")
     if isinstance(meta, Mapping):
-        kept = {k: v for k, v in meta.items() if k != "progressToken" and not k.startswith(_RESERVED_META)}
+        kept = {
+            k: v
+            for k, v in meta.items()
+            if k not in ("progressToken", HANDOVER_META) and not k.startswith(_RESERVED_META)
+        }
         if kept:
             params["_meta"] = kept
     return params

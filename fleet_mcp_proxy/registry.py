@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -19,6 +20,7 @@ from .config import EnvironmentConfig, ProxyConfig
 from .episode import Episode
 from .providers.base import Provider
 from .recorder import Recorder, now
+from .steps import StepBudget
 from .synthetic.context import ContextSettings
 from .tasks import Task, data_spec, fleet_spec, wants_submit_tool
 
@@ -122,6 +124,9 @@ class Registry:
             fleet=self.config.fleet,
             provision_on_list=self.config.provision_on_list,
         )
+        limit = task.max_steps if task is not None and task.max_steps is not None else self.config.max_steps
+        if limit is not None:
+            episode.steps = StepBudget(limit, on_limit=partial(self._tg.start_soon, self.end_at_step_limit, episode))
         self.episodes[key] = episode
         if telemetry.ON:
             telemetry.episode_opened(episode.id, task.task_key if task else None, list(episode.environments))
@@ -171,12 +176,30 @@ class Registry:
                 self._ends_done.set()
                 self._ends_done = anyio.Event()
 
+    async def end_at_step_limit(self, episode: Episode) -> None:
+        """THE max_steps hook: grade with trigger "max_steps", then end the episode with reason "max_steps".
+
+        The episode stays registered (its session open) until the client leaves: the agent's next call is refused
+        with the step-limit message rather than a vanished session, and the harness can still read the reward. Its
+        instances are released now; the registry's own end (session close, idle, shutdown) finishes the rest.
+        """
+        self._ending += 1
+        try:
+            with anyio.CancelScope(shield=True):  # bounded: verify by its own deadline, end by end_timeout
+                await episode.verify("max_steps")
+                await episode.end("max_steps")
+        finally:
+            self._ending -= 1
+            if not self._ending:
+                self._ends_done.set()
+                self._ends_done = anyio.Event()
+
     async def _finish(self, episode: Episode, reason: str) -> None:
         for session_id in episode.session_ids:
             self.ended_sessions[session_id] = None
             while len(self.ended_sessions) > _ENDED_SESSIONS_KEPT:
                 self.ended_sessions.popitem(last=False)
-        await episode.end(reason)  # writes each state of the end itself
+        await episode.end(reason)  # writes each state of the end itself; an earlier end's reason stays
         for hook in self.on_end:
             try:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.end_timeout):

@@ -15,6 +15,7 @@ field                   accepted keys, first match wins (aliases must agree)
 ``data_version``        ``data_version``
 ``modality``            ``modality``, ``task_modality`` (default ``tool_use``)
 ``verifier_code``       ``verifier_code``, else ``verifier_func``, else ``verifier.code``
+``max_steps``           ``max_steps`` (a whole number >= 1; overrides the proxy's)
 ======================  ==========================================================
 
 Every other top-level field, and the entry's own ``metadata`` object, end up in `Task.metadata`.
@@ -79,6 +80,7 @@ class Task(BaseModel):
     data_version: str | None = None
     verifier_code: str | None = None
     modality: Modality = "tool_use"
+    max_steps: int | None = Field(default=None, gt=0)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
@@ -100,6 +102,8 @@ class Task(BaseModel):
             fields[name] = _check_value(name, key, value)
         fields["verifier_code"], verifier_keys = _verifier(entry)
         used.update(verifier_keys)
+        fields["max_steps"] = _max_steps(entry)
+        used.add("max_steps")
         fields["metadata"] = _metadata(entry, used)
         return cls(**fields)
 
@@ -149,6 +153,15 @@ def _verifier(entry: Mapping[str, Any]) -> tuple[str | None, list[str]]:
             )
         return nested["code"], [*consumed, "verifier"]
     return None, consumed
+
+
+def _max_steps(entry: Mapping[str, Any]) -> int | None:
+    value = entry.get("max_steps")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise TaskEntryError("max_steps", f"must be a whole number of tool calls, at least 1, not {value!r}")
+    return value
 
 
 def _metadata(entry: Mapping[str, Any], used: set[str]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import Span, Status, StatusCode
 
 from .config import TelemetryConfig
+from .toolerrors import is_tool_error
 
 logger = logging.getLogger(__name__)
 
@@ -348,7 +349,7 @@ def tool_call(episode_id: str, alias: str | None, tool: str, result: Any, starte
         elif result is None:
             outcome = "protocol_error"
         else:
-            failed = isinstance(result, Mapping) and result.get("isError") is True
+            failed = is_tool_error(result)  # as Fleet's harness counts failures, not only `isError`
             outcome = "is_error" if failed or getattr(result, "is_error", False) is True else "ok"
         elapsed = anyio.current_time() - started
         end_ns = time.time_ns()

@@ -166,7 +166,7 @@ class BrokenScore:
         (Scored(), 0.25),
         ({"passed": True}, None),
         ({"score": "high"}, None),
-        ("1.0", None),
+        ("1.0", 1.0),
         (float("nan"), None),
         ([1], None),
         (BrokenScore(), None),

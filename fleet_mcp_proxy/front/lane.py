@@ -28,6 +28,7 @@ from starlette.types import Message, Receive, Send
 
 from .. import telemetry
 from ..calls import malformed_message, stopped_message, timeout_message, unreachable_message
+from ..chatlog import HANDOVER_META
 from ..episode import Episode
 from ..fastlane.http1 import Http1Response, LaneError
 from ..fastlane.sse import SseDecoder, encode_event
@@ -262,12 +263,12 @@ class FastLane:
         if not isinstance(params, dict) or not isinstance(params.get("name"), str):
             return False
         meta = params.get("_meta")
-        if isinstance(meta, dict) and meta.get("progressToken") is not None:
-            return False  # progress is re-addressed per hop: the SDK path does it
+        if isinstance(meta, dict) and (meta.get("progressToken") is not None or HANDOVER_META in meta):
+            return False  # progress is re-addressed per hop, a handed-over chat is taken in: the SDK path does both
         name: str = params["name"]
         route = episode.tools.route(name)
-        if route is None or route.alias is None or episode.outcome.finished:
-            return False
+        if route is None or route.alias is None or episode.outcome.finished or episode.steps.limited:
+            return False  # ... and steps are counted on the SDK path only
         link = episode.links.get(route.alias)
         target = link.lane_target() if link is not None else None
         if target is None:

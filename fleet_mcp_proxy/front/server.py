@@ -19,6 +19,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from .. import __version__, lifecycle, telemetry
 from ..calls import forward_tool_call
+from ..chatlog import parse_handover
 from ..config import EnvironmentConfig, ProxyConfig
 from ..episode import Episode, EpisodeEnded
 from ..forwarding import tool_error
@@ -60,7 +61,23 @@ async def list_tools(ctx: Ctx, params: t.PaginatedRequestParams) -> HandlerResul
 
 
 async def call_tool(ctx: Ctx, params: t.CallToolRequestParams) -> HandlerResult:
+    """Every tools/call is one step of the episode's `max_steps` (steps.py), whatever it turns out to be."""
     episode = episode_for(ctx)
+    if isinstance((ctx.params or {}).get("requestState"), str):
+        return await _call_tool(ctx, params)  # a 2026-07-28 call continuing after input: the same step
+    refusal = episode.steps.take()
+    if refusal is not None:
+        return tool_error(refusal)
+    try:
+        return await _call_tool(ctx, params)
+    finally:
+        episode.steps.done()
+
+
+async def _call_tool(ctx: Ctx, params: t.CallToolRequestParams) -> HandlerResult:
+    episode = episode_for(ctx)
+    if episode.chat is not None:  # taken before the call: a submit starts its verifier at once
+        take_conversation(episode, (ctx.params or {}).get("_meta"))
     try:
         reserve_instances(ctx, episode)  # max_leases_per_principal: a dict lookup once reserved
         await wait_ready(ctx, episode)
@@ -95,6 +112,20 @@ async def call_tool(ctx: Ctx, params: t.CallToolRequestParams) -> HandlerResult:
     if telemetry.ON:
         telemetry.tool_call(episode.id, route.alias, params.name, result, clock)
     return finish_forwarded(episode, params.name, params.arguments, result, started, clock)
+
+
+def take_conversation(episode: Episode, meta: Any) -> None:
+    """A harness that holds the real chat hands it over on a tool call; it replaces what the proxy saw.
+
+    Raises:
+        MCPError: the chat is malformed (the message says what to send).
+    """
+    try:
+        messages = parse_handover(meta)
+    except ValueError as exc:
+        raise MCPError(t.INVALID_PARAMS, str(exc)) from None
+    if messages is not None and episode.chat is not None:
+        episode.chat.hand_over(messages)
 
 
 def _context_tool(episode: Episode, params: t.CallToolRequestParams) -> HandlerResult:

@@ -70,7 +70,14 @@ class Provider(Protocol):
         ...
 
     def verifier(
-        self, instance: Instance, task: Task, final_answer: str | None, timeout: float
+        self,
+        instance: Instance,
+        task: Task,
+        final_answer: str | None,
+        timeout: float,
+        *,
+        conversation: str | None = None,
     ) -> Callable[[], Awaitable[VerifierRun]]:
-        """How to run `task`'s verifier against `instance` (local files or the platform's executor)."""
+        """How to run `task`'s verifier against `instance` (local files or the platform's executor); `conversation`
+        (JSON chat messages) is given only for verifiers that take it."""
         ...

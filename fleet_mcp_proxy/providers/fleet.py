@@ -293,7 +293,13 @@ class FleetProvider:
         return [instance_id for instance_id in live if is_instance_id(instance_id)]
 
     async def verify_remote(
-        self, instance: Instance, task: Any, code: str, final_answer: str | None, timeout: float
+        self,
+        instance: Instance,
+        task: Any,
+        code: str,
+        final_answer: str | None,
+        timeout: float,
+        conversation: str | None = None,
     ) -> VerifierRun:
         """The platform's verifier executor, through the SDK's async path."""
         return await run_remote(
@@ -305,6 +311,7 @@ class FleetProvider:
             code=code,
             final_answer=final_answer,
             timeout=timeout,
+            conversation=conversation,
         )
 
     async def aclose(self) -> None:

@@ -138,14 +138,20 @@ class InstancePool:
         return self.local.delete
 
     def verifier(
-        self, instance: Instance, task: Task, final_answer: str | None, timeout: float
+        self,
+        instance: Instance,
+        task: Task,
+        final_answer: str | None,
+        timeout: float,
+        *,
+        conversation: str | None = None,
     ) -> Callable[[], Awaitable[VerifierRun]]:
         code = task.verifier_code or ""
         if instance.provider == "fleet" and self.fleet is not None:
             fleet = self.fleet
 
             async def remote() -> VerifierRun:
-                return await fleet.verify_remote(instance, task, code, final_answer, timeout)
+                return await fleet.verify_remote(instance, task, code, final_answer, timeout, conversation)
 
             return remote
         data_dir = instance.data_dir
@@ -154,7 +160,12 @@ class InstancePool:
             if data_dir is None or not (data_dir / "current.sqlite").exists():
                 raise FileNotFoundError("the instance keeps no seed/current databases to verify against")
             return await run_local(
-                code, data_dir / "seed.sqlite", data_dir / "current.sqlite", final_answer=final_answer, timeout=timeout
+                code,
+                data_dir / "seed.sqlite",
+                data_dir / "current.sqlite",
+                final_answer=final_answer,
+                timeout=timeout,
+                conversation=conversation,
             )
 
         return local

@@ -10,6 +10,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..toolerrors import tool_error_message
+
 VIEW_TOOL = "view_tool_output"
 SEARCH_TOOL = "search_tool_output"
 HISTORY_TOOL = "search_history"
@@ -198,12 +200,15 @@ class CallLog:
         self.errors = 0
         self.chars_returned = 0
 
-    def record(self, tool: str, arguments: dict[str, Any] | None, result: dict[str, Any]) -> CallEntry:
-        """Log one call with the result the agent received (after truncation)."""
+    def record(
+        self, tool: str, arguments: dict[str, Any] | None, result: dict[str, Any], *, is_error: bool | None = None
+    ) -> CallEntry:
+        """Log one call with the result the agent received (after truncation); `is_error` as the harness judges
+        it (`toolerrors`), worked out here when the caller has not."""
         texts = result_texts(result)
         arguments_json = json.dumps(arguments or {}, ensure_ascii=False, sort_keys=True, default=str)
         self.calls += 1
-        is_error = bool(result.get("isError"))
+        is_error = tool_error_message(result) is not None if is_error is None else is_error
         self.errors += is_error
         self.chars_returned += sum(map(len, texts))
         # Both are capped so that a huge write or read cannot make the log large or its search slow.

@@ -1,6 +1,7 @@
 """One local verifier run in its own process: `python -m fleet_mcp_proxy.verify._child`.
 
-Protocol: one JSON object on stdin (`code`, `seed_db`, `current_db`, `final_answer`), one JSON object on stdout (the
+Protocol: one JSON object on stdin (`code`, `seed_db`, `current_db`, `final_answer`, and `conversation` for a verifier
+that takes one), one JSON object on stdout (the
 SDK's `success`, `result`, `error`, `stdout`, or `import_error` when the SDK itself cannot be imported). Nothing else
 is ever written to stdout, and the two database files are opened read-only.
 """
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fleet_mcp_proxy.verify.conversation import with_conversation_entry
 from fleet_mcp_proxy.verify.scoring import coerce_score
 
 # Bounds on what goes back to the parent; the accumulators and verdicts that matter sit at the end of stdout.
@@ -30,7 +32,10 @@ def main() -> int:
     stray = io.StringIO()
     sys.stdout = stray  # prints outside the verifier function (module level) are kept, ahead of its own output
     request = json.load(sys.stdin)
-    response = run(request["code"], request["seed_db"], request["current_db"], request.get("final_answer"))
+    code, conversation = request["code"], request.get("conversation")
+    if isinstance(conversation, str):
+        code = with_conversation_entry(code, conversation)
+    response = run(code, request["seed_db"], request["current_db"], request.get("final_answer"))
     if "stdout" in response:
         response["stdout"] = _tail(stray.getvalue() + str(response["stdout"] or ""))
     channel.write(json.dumps(response, allow_nan=False))

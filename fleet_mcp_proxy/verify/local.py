@@ -32,13 +32,22 @@ STDERR_GRACE = 1.0
 
 
 async def run_local(
-    code: str, seed_db: Path, current_db: Path, *, final_answer: str | None, timeout: float
+    code: str,
+    seed_db: Path,
+    current_db: Path,
+    *,
+    final_answer: str | None,
+    timeout: float,
+    conversation: str | None = None,
 ) -> VerifierRun:
     """One execution. Raises ImportError when the SDK cannot be imported in the child; every other failure,
-    the deadline included, is a `VerifierRun(success=False)`."""
+    the deadline included, is a `VerifierRun(success=False)`. `conversation` (JSON) reaches the verifier as a keyword;
+    pass it only to code that takes it (`verify.conversation.takes_conversation`)."""
     # Absolute, because the child runs in another directory.
     seed, current = str(await anyio.Path(seed_db).absolute()), str(await anyio.Path(current_db).absolute())
     request = {"code": code, "seed_db": seed, "current_db": current, "final_answer": final_answer}
+    if conversation is not None:
+        request["conversation"] = conversation
     started = anyio.current_time()
     out, err = bytearray(), bytearray()
     command = [sys.executable, "-m", CHILD_MODULE]

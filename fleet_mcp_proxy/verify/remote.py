@@ -74,13 +74,17 @@ async def run_remote(
     code: str,
     final_answer: str | None,
     timeout: float,
+    conversation: str | None = None,
 ) -> VerifierRun:
-    """Run `code` on the platform against the instance; `final_answer` is passed only when there is one (OE).
+    """Run `code` on the platform against the instance; `final_answer` is passed only when there is one, and
+    `conversation` (JSON) only when given, both as keywords (OE). Pass a conversation only to code that takes it.
 
     Bounded by `timeout` (`TimeoutError`). The platform is asked for its own 30 s limit either way: the SDK's
     `remote_with_response` does not forward a timeout.
     """
     kwargs: dict[str, Any] = {} if final_answer is None else {"final_answer": final_answer}
+    if conversation is not None:
+        kwargs["conversation"] = conversation
     with anyio.fail_after(timeout):
         env = await fleet.instance(instance_id)
         task = Task(key=task_key, prompt=prompt, env_id=env_key, verifier_func=code, verifier=_verifier(task_key, code))

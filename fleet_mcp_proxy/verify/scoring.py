@@ -121,17 +121,24 @@ def _multi_app_fraction(stdout: str) -> float | None:
 
 
 def coerce_score(result: Any) -> float | None:
-    """A number (bools included), a dict's "score", or an object's `.score`; anything else is unknown.
+    """The reward a verifier's return value stands for, per the contract (§4.1, §4.3 step 4); None if it has none.
 
-    OE's `float(result)` turned a dict into an exception and then None (D7); the SDK accepts all three shapes.
-    Strings and non-finite numbers are unknown rather than guessed at.
+    A dict's "score" or an object's `.score` is read first (the SDK's `_process_result`; OE's bare `float()` turned a
+    dict into an exception, D7), then the value is taken as `float()` takes it: numbers and bools, and numeric
+    strings such as "0.5" (a judge that prints its grade). Text that is not a number, and non-finite values, are
+    unknown rather than guessed at.
     """
     if isinstance(result, dict):
         result = result.get("score")
-    elif not isinstance(result, numbers.Real):
+    elif not isinstance(result, numbers.Real | str):
         try:
             result = getattr(result, "score", None)
         except Exception:  # a `score` property of arbitrary verifier objects may raise anything
+            return None
+    if isinstance(result, str):
+        try:
+            result = float(result)
+        except ValueError:  # OE's float() raises here, which it scores as unknown
             return None
     if isinstance(result, numbers.Real) and math.isfinite(result):
         return float(result)
