@@ -80,6 +80,7 @@ async def test_owners_and_meta(tmp_path: Path) -> None:
         assert [(o.owner_id, o.lease_until) for o in await store.owners()] == [("o1", 20.0)]
         await store.drop_owner("o1")
         assert await store.owners() == []
+        assert await store.meta("run_id", None) is None
         assert await store.meta("run_id", "first") == "first"
         assert await store.meta("run_id", "second") == "first"
 
