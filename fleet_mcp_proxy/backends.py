@@ -163,8 +163,8 @@ class BackendLink:
         with anyio.move_on_after(timeout, shield=True):
             await self._stopped.wait()
 
-    def lane_target(self) -> LaneTarget | None:
-        """Where the fast lane can send this backend's tool calls: its HTTP session, once settled."""
+    def lane_target(self, tool: str | None = None) -> LaneTarget | None:
+        """Where the fast lane can send this backend's tool calls (`tool`'s): its HTTP session, once settled."""
         if self._lane is None and self._http is not None and self._http.session_id and self.alive:
             target = self.instance.target
             assert isinstance(target, HttpTarget)

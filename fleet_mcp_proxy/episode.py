@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -46,6 +47,7 @@ from .roundtrip import PendingCall
 from .synthetic.context import CallLog, ContextSettings, OutputStore, tool_definitions
 from .synthetic.submit import SUBMIT_TOOL
 from .tasks import Task
+from .union import link_for
 
 logger = logging.getLogger(__name__)
 
@@ -267,10 +269,13 @@ class Episode:
             errors.append(f"environment '{env.name}' could not be provisioned: {exc}")
             return
         self.instances[env.name] = instance
-        link = BackendLink(instance, self, startup_timeout=env.startup_timeout)
+        link = link_for(instance, self, startup_timeout=env.startup_timeout)
         await self._tg.start(link.run)
-        if link.failure is not None:
-            errors.append(f"environment '{env.name}' {link.failure}")
+        failure = link.failure if link.failure is not None else self._missing_computer(link)
+        if failure is not None:
+            errors.append(f"environment '{env.name}' {failure}")
+            if link.failure is None:
+                await link.stop(self._end_timeout)
             self.instances.pop(env.name, None)
             await self._release(instance)
             return
@@ -281,6 +286,17 @@ class Episode:
         if self.ended is not None:  # ended while we were starting it: it must not outlive the episode
             await link.stop(self._end_timeout)
             await self._release(instance)
+
+    def _missing_computer(self, link: BackendLink) -> str | None:
+        """A computer_use task needs the `computer` tool: an instance without one is a failed provisioning."""
+        if self.task is None or self._modality != "computer_use":
+            return None
+        if any(tool.get("name") == "computer" for tool in link.lists["tools"]):
+            return None
+        return (
+            f"(instance {link.instance.instance_id}) serves no 'computer' tool, which this computer_use task "
+            "needs; check the task's environment and version"
+        )
 
     def _lost(self, alias: str, reason: str) -> None:
         """The platform lost the instance: stop routing to it; callers get a clear error, not a hang."""
@@ -300,6 +316,11 @@ class Episode:
         )
         for warning in self.tools.warnings:
             logger.warning("episode %s: %s", self.id, warning)
+
+    def time_left(self) -> float | None:
+        """Seconds until the first of this episode's instances reaches its TTL; None when none has one."""
+        left = [inst.expires_at - time.time() for inst in self.instances.values() if inst.expires_at is not None]
+        return round(max(0.0, min(left)), 1) if left else None
 
     def link(self, alias: str) -> BackendLink:
         link = self.links.get(alias)

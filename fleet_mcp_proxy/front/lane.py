@@ -269,7 +269,7 @@ class FastLane:
         if route is None or route.alias is None or episode.outcome.finished:
             return False
         link = episode.links.get(route.alias)
-        target = link.lane_target() if link is not None else None
+        target = link.lane_target(route.original) if link is not None else None
         if target is None:
             return False
         limits = self._holder.state.limits if self._holder.state is not None else None
