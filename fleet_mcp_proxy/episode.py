@@ -269,7 +269,7 @@ class Episode:
             errors.append(f"environment '{env.name}' could not be provisioned: {exc}")
             return
         self.instances[env.name] = instance
-        link = link_for(instance, self, startup_timeout=env.startup_timeout)
+        link = link_for(instance, self, startup_timeout=env.startup_timeout, call_timeout=env.call_timeout)
         await self._tg.start(link.run)
         failure = link.failure if link.failure is not None else self._missing_computer(link)
         if failure is not None:

@@ -28,11 +28,11 @@ _ADDRESSED = {"tools/call": "tools", "prompts/get": "prompts", "resources/read":
 _ARGUMENT = {"tools": "name", "prompts": "name", "resources": "uri"}
 
 
-def link_for(instance: Instance, events: LinkEvents, *, startup_timeout: float) -> BackendLink:
+def link_for(instance: Instance, events: LinkEvents, *, startup_timeout: float, call_timeout: float) -> BackendLink:
     """A plain link for a one-endpoint instance, a union of links when it has more."""
     if not instance.union:
-        return BackendLink(instance, events, startup_timeout=startup_timeout)
-    return UnionLink(instance, events, startup_timeout=startup_timeout)
+        return BackendLink(instance, events, startup_timeout=startup_timeout, call_timeout=call_timeout)
+    return UnionLink(instance, events, startup_timeout=startup_timeout, call_timeout=call_timeout)
 
 
 def merge(
@@ -56,11 +56,16 @@ def merge(
 class UnionLink(BackendLink):
     """A `BackendLink` over several endpoints of one instance; each request goes to the endpoint owning it."""
 
-    def __init__(self, instance: Instance, events: LinkEvents, *, startup_timeout: float) -> None:
-        super().__init__(instance, events, startup_timeout=startup_timeout)
+    def __init__(self, instance: Instance, events: LinkEvents, *, startup_timeout: float, call_timeout: float) -> None:
+        super().__init__(instance, events, startup_timeout=startup_timeout, call_timeout=call_timeout)
         targets = (instance.target, *instance.union)
         self.parts = [
-            BackendLink(replace(instance, target=target, union=()), events, startup_timeout=startup_timeout)
+            BackendLink(
+                replace(instance, target=target, union=()),
+                events,
+                startup_timeout=startup_timeout,
+                call_timeout=call_timeout,
+            )
             for target in targets
         ]
         self._owners: dict[str, dict[str, BackendLink]] = {key: {} for key in _KEYS}

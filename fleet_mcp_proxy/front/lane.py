@@ -40,7 +40,7 @@ from .identity import RequestIdentity, episode_slot
 from .toolresult import finish_forwarded
 
 logger = logging.getLogger(__name__)
-_NOT_ACCEPTED = frozenset({502, 503, 504})
+_NOT_ACCEPTED = frozenset({502, 503})  # never reached the backend; a 504 may have (see transport.py)
 _PASS_THROUGH = frozenset({"notifications/message", "notifications/progress"})
 _NOTIFICATION = TypeAdapter[Any](t.ServerNotification)
 _DRAIN_AFTER_ANSWER = 2.0
