@@ -49,7 +49,8 @@ class EnvironmentConfig(_Frozen):
     ttl_seconds: int | None = Field(default=None, gt=0)
     heartbeat_interval: int | None = Field(default=None, ge=30, le=3600)
     startup_timeout: float = Field(default=60.0, gt=0)
-    call_timeout: float = Field(default=300.0, gt=0)
+    # Fleet's harness gives a step 120 s: 100 s leaves room for the hop, a safe retry and the result.
+    call_timeout: float = Field(default=100.0, gt=0)
     warm_pool: int = Field(default=0, ge=0, le=100)  # Fleet only: ready instances kept for new episodes
 
     @field_validator("name")

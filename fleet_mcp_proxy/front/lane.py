@@ -41,7 +41,7 @@ from .identity import RequestIdentity, episode_slot
 from .toolresult import finish_forwarded
 
 logger = logging.getLogger(__name__)
-_NOT_ACCEPTED = frozenset({502, 503, 504})
+_NOT_ACCEPTED = frozenset({502, 503})  # never reached the backend; a 504 may have (see transport.py)
 _PASS_THROUGH = frozenset({"notifications/message", "notifications/progress"})
 _NOTIFICATION = TypeAdapter[Any](t.ServerNotification)
 _DRAIN_AFTER_ANSWER = 2.0
@@ -270,7 +270,7 @@ class FastLane:
         if route is None or route.alias is None or episode.outcome.finished or episode.steps.limited:
             return False  # ... and steps are counted on the SDK path only
         link = episode.links.get(route.alias)
-        target = link.lane_target() if link is not None else None
+        target = link.lane_target(route.original) if link is not None else None
         if target is None:
             return False
         limits = self._holder.state.limits if self._holder.state is not None else None

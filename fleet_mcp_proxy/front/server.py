@@ -138,7 +138,7 @@ def _context_tool(episode: Episode, params: t.CallToolRequestParams) -> HandlerR
         store=episode.outputs,
         log=episode.call_log,
         settings=episode.context,
-        extra=ContextExtra(submission_state=submitted),
+        extra=ContextExtra(submission_state=submitted, instance_time_left_s=episode.time_left()),
     )
 
 
