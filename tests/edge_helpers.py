@@ -15,7 +15,7 @@ import uvicorn
 from fleet_emulator.server import bind_loopback
 from helpers import KITCHEN
 from starlette.responses import RedirectResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 INITIALIZE = {
     "jsonrpc": "2.0",
@@ -31,6 +31,8 @@ class Seen:
     """Every HTTP request one server received: path and headers (names lowercased)."""
 
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    # (client address, JSON-RPC method, JSON-RPC id) of every POSTed single message
+    messages: list[tuple[tuple[str, int] | None, Any, Any]] = field(default_factory=list)
 
     def header_values(self) -> list[str]:
         return [value for _, headers in self.requests for value in headers.values()]
@@ -46,7 +48,25 @@ class Recording:
         if scope["type"] == "http":
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             self.seen.requests.append((scope["path"], headers))
+            if scope["method"] == "POST":
+                receive = self._reading(scope, receive)
         await self.app(scope, receive, send)
+
+    def _reading(self, scope: Scope, receive: Receive) -> Receive:
+        body = bytearray()
+
+        async def reading() -> Message:
+            message = await receive()
+            body.extend(message.get("body", b""))
+            if message["type"] == "http.request" and not message.get("more_body"):
+                with contextlib.suppress(ValueError):
+                    parsed = json.loads(body)
+                    if isinstance(parsed, dict):
+                        client = tuple(scope["client"]) if scope.get("client") else None
+                        self.seen.messages.append((client, parsed.get("method"), parsed.get("id")))  # type: ignore[arg-type]
+            return message
+
+        return reading
 
 
 def kitchen_app(name: str) -> ASGIApp:
