@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import mcp_types as t
 from mcp import MCPError
+from mcp.server.streamable_http import REQUEST_CANCELLED
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -282,8 +283,9 @@ class FastLane:
         if answer is _FALLBACK:
             return False
         self.served += 1
-        if answer is None:  # the client cancelled: no answer is due
-            await writer.finish(None)
+        if answer is None:  # the client cancelled: the 2025-era transport still ends the request's stream
+            error = {"code": REQUEST_CANCELLED, "message": "Request cancelled"}
+            await writer.finish(_dumps({"jsonrpc": "2.0", "id": front_id, "error": error}))
             return True
         result = answer.get("result")
         if telemetry.ON:
