@@ -91,6 +91,7 @@ def rig() -> Iterator[Rig]:
         _run(rig, [Cancel(True, 9), Send(b"{}")])  # warm both paths' connection pools before the baseline
         yield rig
         carried = sum(1 for _, m, i in seen.messages if m == "tools/call" and str(i).startswith("fmp-"))
+        print(f"\nDIFFERENTIAL: the lane carried {carried} of the fuzzed tool calls to the backend")
         assert carried > 0, "the lane carried none of the fuzzed calls: the comparison proved nothing"
 
 
