@@ -3,6 +3,7 @@ Origin are checked on every route and method, and another principal's session is
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -13,7 +14,7 @@ from canaries import CLIENT_TOKEN
 from edge_helpers import RawSession, jsonrpc_messages
 from helpers import config_with, http_client, kitchen_http, proxy_http, wait_until
 
-pytestmark = pytest.mark.anyio
+from fleet_mcp_proxy.front.admission import is_request_id, parse_message, tool_call_params_ok
 
 BOB_TOKEN = "bob-token-0123456789abcdef"
 # Ids JSON-RPC (and the SDK) refuse as request ids: with them, the message is no request at all.
@@ -38,6 +39,7 @@ async def _odd_id_answers(url: str, limit: int) -> list[tuple[int, list[Any]]]:
     return answers
 
 
+@pytest.mark.anyio
 async def test_a_non_scalar_id_never_leaks_a_call_slot_and_is_answered_as_the_sdk_path_does() -> None:
     limit = 2
     async with kitchen_http("a") as backend:
@@ -55,6 +57,7 @@ METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"]
 GUARDED = ["/mcp", "/mcp?episode=mine", "/status", "/dashboard", "/episodes/abc", "/no/such/route"]
 
 
+@pytest.mark.anyio
 async def test_every_route_and_method_but_the_probes_refuses_a_foreign_host_or_origin() -> None:
     async with kitchen_http("a") as backend, proxy_http(config_with(f"a={backend}")) as proxy:
         base = proxy.url.removesuffix("/mcp")
@@ -85,6 +88,7 @@ async def test_every_route_and_method_but_the_probes_refuses_a_foreign_host_or_o
 
 
 # -- sessions are bound to their principal -------------------------------------------------------------------------
+@pytest.mark.anyio
 async def test_another_principals_session_id_is_not_found_for_a_tool_call_the_lane_would_carry() -> None:
     tokens = {"alice": CLIENT_TOKEN, "bob": BOB_TOKEN}
     async with kitchen_http("a") as backend, proxy_http(config_with(f"a={backend}", auth={"tokens": tokens})) as proxy:
@@ -103,3 +107,20 @@ async def test_another_principals_session_id_is_not_found_for_a_tool_call_the_la
         assert stolen.status_code == unknown.status_code == 404
         assert stolen.content == unknown.content
         assert "stolen" not in stolen.text
+
+
+# -- the pure rules -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("odd", ODD_IDS)
+def test_only_messages_the_sdk_accepts_as_requests_reach_the_lane_as_requests(odd: Any) -> None:
+    call = {"jsonrpc": "2.0", "id": odd, "method": "tools/call", "params": {"name": "echo"}}
+    parsed = parse_message(json.dumps(call).encode())
+    assert parsed is None or not is_request_id(parsed.get("id")), "the SDK takes it as a notification at most"
+    assert parse_message(json.dumps({**call, "id": 7}).encode()) is not None
+    assert parse_message(b"[" * 100_000 + b"]" * 100_000) is None
+    assert parse_message(json.dumps([call]).encode()) is None  # batches are the SDK path's to refuse
+
+
+def test_tool_call_params_are_held_to_the_sdk_handlers_model() -> None:
+    assert tool_call_params_ok({"name": "echo", "arguments": {"text": "x"}, "_meta": {"progressToken": 1}})
+    for bad in ({"name": "echo", "arguments": [1]}, {"name": 5}, {}, {"name": "echo", "_meta": 3}):
+        assert not tool_call_params_ok(bad), bad

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import mcp_types as t
 import pydantic_core
 from mcp.server.transport_security import TransportSecurityMiddleware
 from mcp_types import jsonrpc_message_adapter
@@ -61,6 +62,15 @@ def parse_message(body: bytes) -> dict[str, Any] | None:
     except ValueError:  # pydantic's ValidationError is one; so is a JSON error or too deep a nesting
         return None
     return raw if isinstance(raw, dict) else None
+
+
+def tool_call_params_ok(params: Any) -> bool:
+    """Whether the SDK path's `tools/call` handler would get these params (the model it validates them with)."""
+    try:
+        t.CallToolRequestParams.model_validate({} if params is None else params, by_name=False)
+    except ValueError:
+        return False
+    return True
 
 
 def is_request_id(value: Any) -> bool:

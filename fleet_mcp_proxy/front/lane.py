@@ -36,7 +36,15 @@ from ..fastlane.sse import SseDecoder, encode_event
 from ..fastlane.target import LaneTarget
 from ..forwarding import forward_params, tool_error
 from ..recorder import now
-from .admission import CallRefused, call_slot, declared_length_ok, handshake_episode, is_request_id, parse_message
+from .admission import (
+    CallRefused,
+    call_slot,
+    declared_length_ok,
+    handshake_episode,
+    is_request_id,
+    parse_message,
+    tool_call_params_ok,
+)
 from .auth import current_principal
 from .episodes import StateHolder
 from .toolresult import finish_forwarded
@@ -257,8 +265,8 @@ class FastLane:
 
     async def _call(self, request: dict[str, Any], episode: Episode, transport: Any, send: Send, sid: str) -> bool:
         params = request.get("params")
-        if not isinstance(params, dict) or not isinstance(params.get("name"), str):
-            return False
+        if not isinstance(params, dict) or not tool_call_params_ok(params):
+            return False  # the SDK path refuses it in its own words
         meta = params.get("_meta")
         if isinstance(meta, dict) and meta.get("progressToken") is not None:
             return False  # progress is re-addressed per hop: the SDK path does it
