@@ -195,6 +195,7 @@ class ProxyConfig(_Frozen):
     catalog_cache: bool = True  # answer tools/list from remembered tool lists before provisioning
     catalog_cache_dir: str | None = None  # default: $XDG_STATE_HOME/fleet-mcp-proxy/catalog
     header_timeout: float = Field(default=10.0, gt=0)  # request line + headers must arrive within this
+    body_timeout: float = Field(default=30.0, gt=0)  # a request body must arrive within this after its headers
     limit_concurrency: int | None = Field(default=1000, gt=0)  # connections + requests; beyond: 503
     max_episodes_per_principal: int = Field(default=1000, ge=0)  # 0: unlimited
     max_calls_per_principal: int = Field(default=1000, ge=0)  # tool calls in flight; 0: unlimited
