@@ -377,6 +377,8 @@ def check_grading_window(config: ProxyConfig) -> None:
     Raises:
         ConfigError: naming the TTL key and `proxy.verify_timeout`.
     """
+    if not config.fleet.api_key and not any(env.kind == "fleet" for env in config.environments):
+        return  # no Fleet instance, no TTL
     need = config.verify_timeout + GRADING_MARGIN
     ttls = [("fleet.ttl_seconds", config.fleet.ttl_seconds)]
     ttls += [(f"env.{env.name}.ttl_seconds", env.ttl_seconds) for env in config.environments if env.ttl_seconds]

@@ -233,7 +233,7 @@ def build_server(
             finally:
                 # stdio: the client kills us 2 s after closing stdin, so pending ends go to a finisher at once.
                 grace = min(config.shutdown_grace, STDIO_GRACE) if front == "stdio" else config.shutdown_grace
-                await lifecycle.stop(runtime, registry, grace=grace, front=front)
+                await lifecycle.stop(runtime, registry, grace=grace)
                 tg.cancel_scope.cancel()
 
     server = ProxyServer(
