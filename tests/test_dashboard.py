@@ -66,7 +66,11 @@ async def test_readyz_and_status_describe_live_episodes(tmp_path: Path) -> None:
         code, ready = await get_json(f"{base}/readyz")
         assert code == 200 and ready["checks"] == {"proxy": "ok", "store": "ok", "fleet": "not used"}, ready
         code, empty = await get_json(f"{base}/status")
-        assert code == 200 and empty["episodes"] == [] and empty["totals"] == {"episodes": 0, "instances": 0}
+        assert (
+            code == 200
+            and empty["episodes"] == []
+            and empty["totals"] == {"episodes": 0, "instances": 0, "pending_ends": 0}
+        )
         with anyio.fail_after(60):
             async with http_client(proxy.url) as client:
                 made = await client.call_tool("create_issue", {"project": "WEB", "title": "shown", "reporter": "bob"})
@@ -78,7 +82,7 @@ async def test_readyz_and_status_describe_live_episodes(tmp_path: Path) -> None:
                 (env,) = episode["environments"]
                 assert env["alias"] == "tracker" and env["status"] == "ready" and env["provider"] == "local"
                 assert env["instance_id"].startswith("local-tracker-") and env["time_left_s"] is None
-                assert status["totals"] == {"episodes": 1, "instances": 1}
+                assert status["totals"] == {"episodes": 1, "instances": 1, "pending_ends": 0}
                 tools = [(c["tool"], c["is_error"]) for c in status["recent_calls"]]
                 assert tools[:2] == [("get_issue", True), ("create_issue", False)], tools
                 assert status["provisioning"]["count"] >= 1 and status["provisioning"]["p50_s"] > 0

@@ -102,3 +102,12 @@ async def test_a_version_1_file_is_migrated_and_its_rows_count_as_closed(tmp_pat
         assert record is not None and record.state == "closed"
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT MAX(version) FROM schema_version").fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_a_grade_on_submit_leaves_the_episode_live_so_its_end_records_its_reason(tmp_path: Path) -> None:
+    async with await open_store(tmp_path / "e.sqlite3") as store:
+        await store.open_episode("e1", "alice", "task-1", T0)
+        await store.grade("e1", FINAL, VERIFIER, T0)
+        await store.begin_end("e1", "max_steps", T0 + timedelta(seconds=1), None)
+        record = await store.get("e1")
+        assert record is not None and (record.state, record.end_reason) == ("ending", "max_steps")

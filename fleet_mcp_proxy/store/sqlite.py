@@ -41,9 +41,10 @@ _BEGIN_END = """UPDATE episodes SET state = 'ending', end_reason = COALESCE(end_
 _SET_STATE = (
     """UPDATE episodes SET state = ?1, closed_at = COALESCE(?2, closed_at) WHERE id = ?3 AND state != 'closed'"""
 )
-# A grade is written once: a retried grading (another process, a restart) finds it and keeps it.
+# A grade is written once: a retried grading (another process, a restart) finds it and keeps it. A live
+# episode graded on submit stays live: its end still records its reason.
 _GRADE = """UPDATE episodes SET reward = ?, verifier = ?, graded_at = ?,
-    state = CASE WHEN state IN ('live', 'ending', 'verifying') THEN 'graded' ELSE state END
+    state = CASE WHEN state IN ('ending', 'verifying') THEN 'graded' ELSE state END
     WHERE id = ? AND reward IS NULL RETURNING id"""
 _CLAIM = """UPDATE episodes SET owner = ?1 WHERE id = ?2 AND state != 'closed'
     AND (owner = ?3 OR (owner IS NULL AND ?4 IS NULL)) RETURNING id"""
