@@ -56,6 +56,11 @@ class Recorder:
         self._send, self._receive = anyio.create_memory_object_stream(math.inf)
         self._drained = anyio.Event()
 
+    @property
+    def backlog(self) -> int:
+        """Records queued and not yet written."""
+        return self._send.statistics().current_buffer_used
+
     def emit(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Queue one store call (`open_episode`, `add_call`, ...); never blocks, never raises."""
         if self.store is not None:

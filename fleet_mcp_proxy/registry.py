@@ -151,6 +151,10 @@ class Registry:
             raise MCPError(INVALID_PARAMS, f"Unknown task '{task_key}'. Known tasks: {known}.")
         return task
 
+    @property
+    def ends_in_progress(self) -> int:
+        return self._ending
+
     def schedule_end(self, key: str, reason: str) -> None:
         """End an episode in the background (safe from a 5 s teardown budget or a cancelled request)."""
         episode = self.episodes.pop(key, None)

@@ -216,13 +216,11 @@ class SQLiteStore:
 
     # -- the durable end ------------------------------------------------------------------------------------------
     async def begin_end(self, episode_id: str, reason: str, ended_at: datetime, task: JSONObject | None) -> None:
-        await self._require(episode_id)
         await self._write(
             episode_id, _BEGIN_END, (reason, to_iso(ended_at), _dumps(task), episode_id), must_change=False
         )
 
     async def set_state(self, episode_id: str, state: EndState, at: datetime) -> None:
-        await self._require(episode_id)
         closed_at = to_iso(at) if state == "closed" else None
         await self._write(episode_id, _SET_STATE, (state, closed_at, episode_id), must_change=False)
 
