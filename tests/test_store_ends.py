@@ -74,10 +74,12 @@ async def test_exactly_one_of_many_racing_claims_wins(store_target: str | Path) 
 
 async def test_owners_and_meta(store_target: str | Path) -> None:
     async with await open_any_store(store_target) as store:
-        owner = OwnerRecord(owner_id="o1", host="h", pid=1, started_at=T0, lease_until=10.0)
+        owner = OwnerRecord(owner_id="o1", host="h", pid=1, started_at=T0, lease_until=10.0, address="http://h:8000")
         await store.register_owner(owner)
         await store.renew_owner("o1", 20.0)
-        assert [(o.owner_id, o.lease_until) for o in await store.owners()] == [("o1", 20.0)]
+        assert [(o.owner_id, o.lease_until, o.address) for o in await store.owners()] == [("o1", 20.0, "http://h:8000")]
+        await store.register_owner(OwnerRecord(owner_id="o1", host="h", pid=2, started_at=T0, lease_until=30.0))
+        assert [(o.pid, o.lease_until, o.address) for o in await store.owners()] == [(2, 30.0, None)]  # replaced
         await store.drop_owner("o1")
         assert await store.owners() == []
         assert await store.meta("run_id", "first") == "first"
