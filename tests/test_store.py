@@ -23,7 +23,6 @@ from fleet_mcp_proxy.store import (
     EpisodeStore,
     InstanceRecord,
     RecordNotFound,
-    SQLiteStore,
     StoreError,
     open_any_store,
     open_store,
