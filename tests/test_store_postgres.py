@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import anyio
 import asyncpg
@@ -157,3 +158,15 @@ async def test_processes_racing_a_claim_see_exactly_one_winner(pg_cluster: PgClu
         winner = f"replica-{outcomes.index(WON)}"
         (pending,) = await store.unfinished()
         assert pending.owner == winner
+
+
+def test_one_setting_selects_the_store(tmp_path: Path) -> None:
+    file = tmp_path / "proxy.toml"
+    file.write_text('[store]\nurl = "postgresql://fmp:${PGPASS}@db:5432/fmp"\n', encoding="utf-8")
+    config = load_config(file, environ={"PGPASS": FLEET_KEY})
+    assert config.store_target == f"postgresql://fmp:{FLEET_KEY}@db:5432/fmp" and FLEET_KEY not in repr(config)
+    assert load_config(file, environ={"PGPASS": "x"}, store="/tmp/e.sqlite3").store_target == "/tmp/e.sqlite3"
+    assert load_config(overrides={"store_path": "/tmp/e.sqlite3"}).store_target == "/tmp/e.sqlite3"  # as before
+    file.write_text('[proxy]\nstore_path = "/tmp/e.sqlite3"\n[store]\nurl = "postgresql://db/fmp"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="keep one"):
+        load_config(file)
