@@ -78,8 +78,12 @@ def _describe(exc: BaseException) -> str:
 class BackendLink:
     """The proxy's MCP client session with one backend instance."""
 
-    def __init__(self, instance: Instance, events: LinkEvents, *, startup_timeout: float) -> None:
+    def __init__(
+        self, instance: Instance, events: LinkEvents, *, startup_timeout: float, call_timeout: float = 100.0
+    ) -> None:
         self.instance = instance
+        # Safe retries of one request end well inside the call's deadline, so none lands after it.
+        self._retry_budget = min(15.0, call_timeout / 4)
         self.alias = instance.alias
         self._events = events
         self._startup_timeout = startup_timeout
@@ -139,7 +143,9 @@ class BackendLink:
             )
         else:
             assert isinstance(target, HttpTarget)
-            self._http = RetryUnacceptedTransport(httpx2.AsyncHTTPTransport(verify=_tls_context(), trust_env=False))
+            self._http = RetryUnacceptedTransport(
+                httpx2.AsyncHTTPTransport(verify=_tls_context(), trust_env=False), timeout=self._retry_budget
+            )
             http = httpx2.AsyncClient(
                 headers=dict(target.headers), timeout=httpx2.Timeout(30.0, read=None), transport=self._http
             )
@@ -163,8 +169,8 @@ class BackendLink:
         with anyio.move_on_after(timeout, shield=True):
             await self._stopped.wait()
 
-    def lane_target(self) -> LaneTarget | None:
-        """Where the fast lane can send this backend's tool calls: its HTTP session, once settled."""
+    def lane_target(self, tool: str | None = None) -> LaneTarget | None:
+        """Where the fast lane can send this backend's tool calls (`tool`'s): its HTTP session, once settled."""
         if self._lane is None and self._http is not None and self._http.session_id and self.alive:
             target = self.instance.target
             assert isinstance(target, HttpTarget)

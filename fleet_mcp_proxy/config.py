@@ -49,7 +49,8 @@ class EnvironmentConfig(_Frozen):
     ttl_seconds: int | None = Field(default=None, gt=0)
     heartbeat_interval: int | None = Field(default=None, ge=30, le=3600)
     startup_timeout: float = Field(default=60.0, gt=0)
-    call_timeout: float = Field(default=300.0, gt=0)
+    # Fleet's harness gives a step 120 s: 100 s leaves room for the hop, a safe retry and the result.
+    call_timeout: float = Field(default=100.0, gt=0)
     warm_pool: int = Field(default=0, ge=0, le=100)  # Fleet only: ready instances kept for new episodes
 
     @field_validator("name")
@@ -211,6 +212,7 @@ class ProxyConfig(_Frozen):
     catalog_cache: bool = True  # answer tools/list from remembered tool lists before provisioning
     catalog_cache_dir: str | None = None  # default: $XDG_STATE_HOME/fleet-mcp-proxy/catalog
     header_timeout: float = Field(default=10.0, gt=0)  # request line + headers must arrive within this
+    body_timeout: float = Field(default=30.0, gt=0)  # a request body must arrive within this after its headers
     limit_concurrency: int | None = Field(default=1000, gt=0)  # connections + requests; beyond: 503
     max_episodes_per_principal: int = Field(default=1000, ge=0)  # 0: unlimited
     max_calls_per_principal: int = Field(default=1000, ge=0)  # tool calls in flight; 0: unlimited
@@ -415,6 +417,8 @@ def check_grading_window(config: ProxyConfig) -> None:
     Raises:
         ConfigError: naming the TTL key and `proxy.verify_timeout`.
     """
+    if not config.fleet.api_key and not any(env.kind == "fleet" for env in config.environments):
+        return  # no Fleet instance, no TTL
     need = config.verify_timeout + GRADING_MARGIN
     ttls = [("fleet.ttl_seconds", config.fleet.ttl_seconds)]
     ttls += [(f"env.{env.name}.ttl_seconds", env.ttl_seconds) for env in config.environments if env.ttl_seconds]

@@ -25,7 +25,7 @@ from mcp.server.subscriptions import (
     ToolsListChanged,
 )
 
-from . import chatlog, telemetry
+from . import chatlog, ending, telemetry
 from .backends import BackendGone, BackendLink
 from .catalog import (
     PromptCatalog,
@@ -48,6 +48,7 @@ from .steps import StepBudget
 from .synthetic.context import CallLog, ContextSettings, OutputStore, tool_definitions
 from .synthetic.submit import SUBMIT_TOOL
 from .tasks import Task
+from .union import link_for
 from .verify.scoring import unknown
 
 logger = logging.getLogger(__name__)
@@ -272,12 +273,17 @@ class Episode:
             errors.append(f"environment '{env.name}' could not be provisioned: {exc}")
             return
         self.instances[env.name] = instance
-        link = BackendLink(instance, self, startup_timeout=env.startup_timeout)
+        link = link_for(instance, self, startup_timeout=env.startup_timeout, call_timeout=env.call_timeout)
         await self._tg.start(link.run)
-        if link.failure is not None:
-            errors.append(f"environment '{env.name}' {link.failure}")
+        failure = link.failure if link.failure is not None else self._missing_computer(link)
+        if failure is not None:
+            errors.append(f"environment '{env.name}' {failure}")
+            if link.failure is None:
+                await link.stop(self._end_timeout)
             self.instances.pop(env.name, None)
-            await self._release(instance, recorded=False)  # never recorded as added: no release to record
+            await ending.release_instance(
+                self, instance, recorded=False
+            )  # never recorded as added: no release to record
             return
         self.links[env.name] = link
         PROVISIONING.record(env.name, instance.provider, anyio.current_time() - started)
@@ -298,7 +304,18 @@ class Episode:
         )
         if self.end_state in ("releasing", "closed", "pending"):  # too late to use: it must not outlive the episode
             await link.stop(self._end_timeout)
-            await self._release(instance)
+            await ending.release_instance(self, instance)
+
+    def _missing_computer(self, link: BackendLink) -> str | None:
+        """A computer_use task needs the `computer` tool: an instance without one is a failed provisioning."""
+        if self.task is None or self._modality != "computer_use":
+            return None
+        if any(tool.get("name") == "computer" for tool in link.lists["tools"]):
+            return None
+        return (
+            f"(instance {link.instance.instance_id}) serves no 'computer' tool, which this computer_use task "
+            "needs; check the task's environment and version"
+        )
 
     def _lost(self, alias: str, reason: str) -> None:
         """The platform lost the instance: stop routing to it; callers get a clear error, not a hang."""
@@ -318,6 +335,11 @@ class Episode:
         )
         for warning in self.tools.warnings:
             logger.warning("episode %s: %s", self.id, warning)
+
+    def time_left(self) -> float | None:
+        """Seconds until the first of this episode's instances reaches its TTL; None when none has one."""
+        left = [inst.expires_at - time.time() for inst in self.instances.values() if inst.expires_at is not None]
+        return round(max(0.0, min(left)), 1) if left else None
 
     def link(self, alias: str) -> BackendLink:
         link = self.links.get(alias)
@@ -422,14 +444,9 @@ class Episode:
             logger.warning("episode %s: verification did not finish within %g s", self.id, self._verify_timeout)
             await self.outcome.conclude(unknown("verifier_timeout", trigger))
 
-    def expires_in(self) -> float | None:
-        """Seconds until the first of this episode's instances reaches its platform TTL, if any has one."""
-        ends = [i.expires_at for i in self.instances.values() if i.expires_at is not None]
-        return min(ends) - time.time() if ends else None
-
     def must_end_for_expiry(self) -> bool:
         """Grade while the instance lives: its TTL runs from creation and heartbeats do not extend it."""
-        left = self.expires_in()
+        left = self.time_left()
         return left is not None and left <= self._verify_timeout + GRADING_MARGIN
 
     # -- the end ---------------------------------------------------------------------------------------------
@@ -437,86 +454,5 @@ class Episode:
         return f"This episode has ended ({self.ended}). Start a new session to get fresh environments."
 
     async def end(self, reason: str) -> None:
-        """The durable end: each transition is written before it is acted on (docs/episode-end.md).
-
-        Only the proxy's shutdown grace cuts it short, while grading: the episode is then left pending, its
-        instances alive and its row ungraded, for whoever finishes it next (a finisher, the next start).
-        """
-        if self._end_started:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._end_timeout):
-                await self._end_done.wait()
-            return
-        self._end_started = True
-        self.ended = reason
-        graded = False
-        try:
-            await self._transition("ending", reason)
-            if self.task is not None and not self.outcome.verified:
-                await self._transition("verifying")
-                if self.task.verifier_code and not self.provisioned:
-                    # Fleet's harness grades an agent that never acted on the seed state: so does the proxy,
-                    # with an instance made (or still starting) for that and released right after.
-                    flight = self._start_flight()
-                    with anyio.move_on_after(self._verify_timeout):
-                        await flight.done.wait()
-                await self.verify("close")  # verify-on-close: an abandoned episode is still graded
-            graded = True
-        finally:
-            with anyio.CancelScope(shield=True):
-                if graded:
-                    await self._transition("releasing")
-                    await self._stop(release=True)
-                    if not self._unreleased:  # else it stays releasing: the next finisher deletes what is left
-                        await self._transition("closed")
-                else:
-                    self.end_state = "pending"
-                    await self._stop(release=False)
-                self.listen.close()  # open listen streams end gracefully instead of pinning this episode
-                self._end_done.set()
-            logger.info("episode %s ended: %s%s", self.id, reason, "" if graded else " (grading left pending)")
-            if telemetry.ON:
-                reward = self.outcome.reward
-                telemetry.episode_ended(
-                    self.id, reason, reward.reward if reward else None, reward.status if reward else None
-                )
-
-    async def _transition(self, state: str, reason: str | None = None) -> None:
-        self.end_state = state
-        if state == "ending":
-            task = self.task.model_dump(mode="json") if self.task is not None else None
-            await self.recorder.commit("begin_end", self.id, reason, now(), task)
-        else:
-            await self.recorder.commit("set_state", self.id, state, now())
-
-    async def _stop(self, *, release: bool) -> None:
-        """Close every link and, unless the instances are still needed to grade, release them; bounded.
-
-        A release only hands the instance to the lease keeper, so it never waits on a link's teardown.
-        """
-        with anyio.move_on_after(self._end_timeout):
-            async with anyio.create_task_group() as tg:
-                for link in list(self.links.values()):
-                    tg.start_soon(link.stop, self._end_timeout / 2)
-                for instance in list(self.instances.values()) if release else ():
-                    tg.start_soon(self._release, instance)
-        self.links.clear()
-        self.connections.clear()
-        if release:
-            self.instances.clear()
-
-    async def _release(self, instance: Instance, *, recorded: bool = True) -> bool:
-        """Release and record it once acknowledged; False leaves it recorded as held, for the next finisher.
-
-        `recorded=False`: an instance whose link never started was never recorded, so neither is its release.
-        """
-        try:
-            with anyio.CancelScope(shield=True):
-                acknowledged = await self._provider.release(instance, wait=self._end_timeout / 2)
-        except Exception:  # one failed release must not stop the others
-            logger.exception("releasing %s (%s) failed", instance.instance_id, instance.alias)
-            return False
-        if acknowledged and recorded:
-            self.recorder.emit("instance_released", self.id, instance.instance_id, now())
-        elif not acknowledged:
-            self._unreleased += 1
-        return acknowledged
+        """The durable end (`ending.end_episode`): each transition written before it is acted on."""
+        await ending.end_episode(self, reason)

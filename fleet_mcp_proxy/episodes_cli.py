@@ -49,13 +49,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _table(summaries: Sequence[EpisodeSummary]) -> list[str]:
-    rows = [("EPISODE", "STARTED (UTC)", "TASK", "CALLS", "STATUS", "REWARD", "ENDED")]
+    rows = [("EPISODE", "STARTED (UTC)", "TASK", "CALLS", "STATUS", "REWARD", "STATE", "ENDED")]
     for s in summaries:
         started = s.started_at.strftime("%Y-%m-%d %H:%M:%S")
         reward = "-" if s.reward is None else f"{s.reward:g}"
-        rows.append(
-            (s.episode_id, started, s.task_key or "-", str(s.call_count), s.status or "-", reward, s.end_reason or "-")
-        )
+        cells = (s.episode_id, started, s.task_key or "-", str(s.call_count), s.status or "-", reward, s.state)
+        rows.append((*cells, s.end_reason or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
 

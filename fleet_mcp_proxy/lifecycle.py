@@ -109,6 +109,7 @@ async def recover(runtime: Runtime) -> None:
         if store is None or membership is None:
             await runtime.pool.sweep(set(), reason=reason, among=among)
             return
+        await membership.prune()
         if await membership.others_alive():
             logger.info("another live proxy shares this store: not sweeping unreferenced instances")
             return
@@ -118,7 +119,7 @@ async def recover(runtime: Runtime) -> None:
         logger.exception("recovering what an earlier run left failed")
 
 
-async def stop(runtime: Runtime, registry: Registry, *, grace: float, front: str) -> None:
+async def stop(runtime: Runtime, registry: Registry, *, grace: float) -> None:
     """Within `grace`: end episodes, release what no pending end needs, hand pending ends on, close the store."""
     started = anyio.current_time()
     keep = await registry.shutdown(max(0.5, grace * 0.6))
@@ -130,14 +131,14 @@ async def stop(runtime: Runtime, registry: Registry, *, grace: float, front: str
             with anyio.move_on_after(min(2.0, left / 4)):
                 others = await membership.others_alive()
         await runtime.pool.shutdown(keep, backstop=not others, timeout=left * 0.6)
-        if membership is not None and store is not None:
-            with anyio.move_on_after(2.0):
-                await store.disown(membership.me.owner_id)  # pending rows: for the finisher or the next start
-            await membership.leave()
-        if keep and runtime.config.finisher and store is not None:
-            spawn_finisher(runtime.config)
+        if membership is not None:
+            # Queued behind every record still being written: pending rows go to the finisher or the next start.
+            await runtime.recorder.commit("disown", membership.me.owner_id, timeout=2.0)
+            await runtime.recorder.commit("drop_owner", membership.me.owner_id, timeout=2.0)
         left = max(0.5, grace - (anyio.current_time() - started))
         await runtime.recorder.close(left)
+        if keep and runtime.config.finisher and store is not None:
+            spawn_finisher(runtime.config)
 
 
 def spawn_finisher(config: ProxyConfig) -> None:

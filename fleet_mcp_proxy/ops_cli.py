@@ -222,7 +222,7 @@ async def _sweep(args: argparse.Namespace) -> int:
     if not config.fleet.api_key:
         print(f"fleet-mcp-proxy sweep: no Fleet API key: {_KEY_FIX}", file=sys.stderr)
         return 2
-    run_id = args.run_id or run_id_for(config, "http")
+    run_id = args.run_id or config.fleet.run_id or await _stored_run_id(config) or run_id_for(config, "http")
     fleet = FleetProvider(config.fleet.model_copy(update={"run_id": run_id}))
     try:
         with anyio.fail_after(args.timeout):
@@ -235,6 +235,16 @@ async def _sweep(args: argparse.Namespace) -> int:
         return 1
     finally:
         await fleet.aclose()
+
+
+async def _stored_run_id(config: ProxyConfig) -> str | None:
+    """The run id every start on this deployment's episode store reuses (none when there is no store yet)."""
+    path = Path(config.store_path) if config.store_path else default_store_path()
+    try:
+        async with await open_store(path, create=False) as store:
+            return await store.meta("run_id", None)
+    except Exception:  # no store, or not one of ours: the derived default applies
+        return None
 
 
 async def _release_orphans(fleet: FleetProvider, run_id: str, *, dry_run: bool) -> int:

@@ -103,6 +103,14 @@ class Membership:
                 return not owner_alive(record, at=at, me=self.me)
         return True  # dropped its row without disowning: gone
 
+    async def prune(self) -> None:
+        """Drop the rows of owners that are gone and hold nothing unfinished (one per crashed process)."""
+        held = {end.owner for end in await self.store.unfinished()}
+        at = time.time()
+        for owner in await self.store.owners():
+            if owner.owner_id not in held and not owner_alive(owner, at=at, me=self.me):
+                await self.store.drop_owner(owner.owner_id)
+
     async def leave(self) -> None:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             await self.store.drop_owner(self.me.owner_id)

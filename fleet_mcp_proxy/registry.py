@@ -39,7 +39,8 @@ def task_environments(
     alias = alias_from(task.env_key)
     for env in configured:
         if env.name in (task.env_key, alias):
-            return (env,)
+            # The task's modality picks a Fleet instance's image and endpoints, whatever the operator's default.
+            return (env.model_copy(update={"modality": task.modality}) if env.fleet else env,)
     if config.fleet.api_key:
         return (EnvironmentConfig(name=alias, fleet=fleet_spec(task), data=data_spec(task), modality=task.modality),)
     raise MCPError(
@@ -110,7 +111,8 @@ class Registry:
             environments,
             self.provider,
             self._tg,
-            modality=self.config.modality,
+            # A bound task decides what its episode shows; the proxy-wide setting is the default for the rest.
+            modality=task.modality if task is not None else self.config.modality,
             end_timeout=self.config.end_timeout,
             task=task,
             submit_tool=task is not None and wants_submit_tool(task, self.config.submit_tool),

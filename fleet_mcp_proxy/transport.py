@@ -1,8 +1,10 @@
 """The HTTP transport under every backend link: retry only what the backend never accepted.
 
-A refused connection, or a 502/503/504 from the proxy in front of an instance (a warming or briefly
-unreachable instance), means the request never reached the MCP server, so sending it again is safe even
-for a `tools/call`. A request that was sent and then lost is never repeated: its outcome is unknown.
+A refused connection, a connection that broke while the request was being written (a server acts only on a
+whole request), or a 502/503 from the proxy in front of an instance (a warming or briefly unreachable
+instance) means the request never reached the MCP server, so sending it again is safe even for a
+`tools/call`. A 504 is not among them: the gateway forwarded the request and gave up waiting for the answer.
+A request that was sent and then lost is never repeated: its outcome is unknown.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import httpx2
 import stamina
 
 logger = logging.getLogger(__name__)
-_NOT_ACCEPTED = frozenset({502, 503, 504})
+_NOT_ACCEPTED = frozenset({502, 503})
+_NEVER_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.WriteError)
 
 
 class _NotAccepted(Exception):
@@ -22,7 +25,10 @@ class _NotAccepted(Exception):
 
 
 class RetryUnacceptedTransport(httpx2.AsyncBaseTransport):
-    """Wraps a transport; retries connect failures and gateway errors within a small budget."""
+    """Wraps a transport; retries connect failures and gateway errors within a small budget.
+
+    `timeout` bounds all retries of one request; the link keeps it well inside the call's own deadline.
+    """
 
     def __init__(self, inner: httpx2.AsyncBaseTransport, *, attempts: int = 4, timeout: float = 15.0) -> None:
         self._inner = inner
@@ -40,7 +46,7 @@ class RetryUnacceptedTransport(httpx2.AsyncBaseTransport):
         # The fast path: one attempt, no retry machinery, for the (nearly always) healthy case.
         try:
             first = await self._inner.handle_async_request(request)
-        except (httpx2.ConnectError, httpx2.ConnectTimeout):
+        except _NEVER_SENT:
             if self._attempts < 2:
                 raise
         else:
@@ -50,7 +56,7 @@ class RetryUnacceptedTransport(httpx2.AsyncBaseTransport):
         response: httpx2.Response | None = None
         try:
             async for attempt in stamina.retry_context(
-                on=(httpx2.ConnectError, httpx2.ConnectTimeout, _NotAccepted),
+                on=(*_NEVER_SENT, _NotAccepted),
                 attempts=self._attempts - 1,  # the fast path above was the first
                 timeout=self._timeout,
                 wait_initial=0.2,

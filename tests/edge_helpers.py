@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import httpx2
 import uvicorn
 from fleet_emulator.server import bind_loopback
 from helpers import KITCHEN
 from starlette.responses import RedirectResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 INITIALIZE = {
     "jsonrpc": "2.0",
@@ -29,6 +31,8 @@ class Seen:
     """Every HTTP request one server received: path and headers (names lowercased)."""
 
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    # (client address, JSON-RPC method, JSON-RPC id) of every POSTed single message
+    messages: list[tuple[tuple[str, int] | None, Any, Any]] = field(default_factory=list)
 
     def header_values(self) -> list[str]:
         return [value for _, headers in self.requests for value in headers.values()]
@@ -44,7 +48,25 @@ class Recording:
         if scope["type"] == "http":
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             self.seen.requests.append((scope["path"], headers))
+            if scope["method"] == "POST":
+                receive = self._reading(scope, receive)
         await self.app(scope, receive, send)
+
+    def _reading(self, scope: Scope, receive: Receive) -> Receive:
+        body = bytearray()
+
+        async def reading() -> Message:
+            message = await receive()
+            body.extend(message.get("body", b""))
+            if message["type"] == "http.request" and not message.get("more_body"):
+                with contextlib.suppress(ValueError):
+                    parsed = json.loads(body)
+                    if isinstance(parsed, dict):
+                        client = tuple(scope["client"]) if scope.get("client") else None
+                        self.seen.messages.append((client, parsed.get("method"), parsed.get("id")))  # type: ignore[arg-type]
+            return message
+
+        return reading
 
 
 def kitchen_app(name: str) -> ASGIApp:
@@ -90,3 +112,38 @@ async def serve(app: ASGIApp, **options: Any) -> AsyncIterator[str]:
                 server.should_exit = True
     finally:
         sock.close()
+
+
+def jsonrpc_messages(content_type: str, text: str) -> list[Any]:
+    """The JSON-RPC messages of one HTTP answer: a JSON body, or the data lines of an SSE stream."""
+    if content_type.startswith("text/event-stream"):
+        return [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:") and line[5:].strip()]
+    if content_type.startswith("application/json") and text:
+        return [json.loads(text)]
+    return []
+
+
+class RawSession:
+    """A handshake-era session driven with raw POSTs, for input no SDK client would send."""
+
+    def __init__(self, http: httpx2.AsyncClient, url: str) -> None:
+        self.http, self.url = http, url
+        self.headers = {**MCP_HEADERS, "MCP-Protocol-Version": "2025-11-25"}
+
+    async def open(self) -> RawSession:
+        reply = await self.http.post(self.url, json=INITIALIZE, headers=self.headers)
+        assert reply.status_code == 200, reply.text
+        self.headers["Mcp-Session-Id"] = reply.headers["mcp-session-id"]
+        initialized = await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        assert initialized.status_code == 202, initialized.text
+        return self
+
+    async def post(self, message: Any, **headers: str) -> httpx2.Response:
+        content = message if isinstance(message, bytes) else json.dumps(message).encode()
+        return await self.http.post(self.url, content=content, headers={**self.headers, **headers})
+
+    async def call(self, name: str, arguments: dict[str, Any], request_id: Any = 1) -> list[Any]:
+        params = {"name": name, "arguments": arguments}
+        reply = await self.post({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params})
+        assert reply.status_code == 200, (reply.status_code, reply.text)
+        return jsonrpc_messages(reply.headers.get("content-type", ""), reply.text)

@@ -23,6 +23,7 @@ from helpers import ROOT, kitchen_cmd, kitchen_http, stop_process
 
 from fleet_mcp_proxy.config import check_exposure, load_config
 from fleet_mcp_proxy.providers.pool import run_id_for
+from fleet_mcp_proxy.store import open_store
 
 KEY = "ops-secret-key-5d1e"
 pytestmark = pytest.mark.anyio
@@ -133,13 +134,23 @@ async def test_sweep_lists_then_releases_the_orphans_of_one_run_only() -> None:
         assert KEY not in dry.stdout + done.stdout + again.stdout + done.stderr
 
 
-async def test_sweep_defaults_to_the_run_id_serve_would_use_and_needs_a_key() -> None:
+async def test_sweep_defaults_to_the_run_id_serve_would_use_and_needs_a_key(tmp_path: Path) -> None:
+    # serve keeps its run id in the episode store, so every start on that store (new pid, new port) reuses it.
+    state = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    (tmp_path / "state" / "fleet-mcp-proxy").mkdir(parents=True)
+    async with await open_store(tmp_path / "state" / "fleet-mcp-proxy" / "episodes.sqlite3") as store:
+        kept = await store.meta("run_id", "fmp-kept-run")
+    assert kept == "fmp-kept-run"
+    fresh = {"XDG_STATE_HOME": str(tmp_path / "empty")}
     port = 18765
-    default_run = run_id_for(load_config(overrides={"port": port}, environ={}), "http")
+    derived = run_id_for(load_config(overrides={"port": port}, environ={}), "http")  # no store yet: host and port
     async with running_emulator(KEY) as emu:
-        (orphan,) = await make(emu, default_run, 1)
-        dry = await cli("sweep", "--port", str(port), "--dry-run", env=fleet_env(emu))
-        assert dry.returncode == 0 and f"would release {orphan}" in dry.stdout and default_run in dry.stdout
+        (orphan,) = await make(emu, kept, 1)
+        (other,) = await make(emu, derived, 1)
+        dry = await cli("sweep", "--dry-run", env={**fleet_env(emu), **state})
+        assert dry.returncode == 0 and f"would release {orphan}" in dry.stdout and kept in dry.stdout
+        dry = await cli("sweep", "--port", str(port), "--dry-run", env={**fleet_env(emu), **fresh})
+        assert dry.returncode == 0 and f"would release {other}" in dry.stdout and derived in dry.stdout
     nokey = await cli("sweep", "--dry-run")
     assert nokey.returncode == 2 and "FLEET_API_KEY" in nokey.stderr
 

@@ -92,3 +92,15 @@ def test_cli_exits_with_a_clear_message_on_a_bad_config(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{path}: proxy.port:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_settings_that_can_never_grade_an_abandoned_rollout_are_refused_naming_the_keys() -> None:
+    fleet = {"api_key": "k" * 20, "ttl_seconds": 120}
+    with pytest.raises(ConfigError) as refused:
+        load_config(overrides={"fleet": fleet, "verify_timeout": 110}, environ={})
+    assert "fleet.ttl_seconds" in str(refused.value) and "proxy.verify_timeout" in str(refused.value)
+    web = {"name": "web", "fleet": "web", "ttl_seconds": 60}  # an environment's own TTL is held to it too
+    with pytest.raises(ConfigError, match="env.web.ttl_seconds"):
+        load_config(overrides={"fleet": {"api_key": "k" * 20}, "environments": [web]}, environ={})
+    assert load_config(overrides={"fleet": {**fleet, "ttl_seconds": 200}, "verify_timeout": 110}, environ={})
+    assert load_config(overrides={"verify_timeout": 5000}, environ={}), "no Fleet: no TTL to grade within"

@@ -7,7 +7,6 @@ outcome must equal the direct run's (tests/test_conformance_direct.py): same exp
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,32 +14,24 @@ from pathlib import Path
 import pytest
 from conformance.harness import (
     FIXTURE_SERVER,
+    announced_process,
     ensure_suite,
     fixture_server,
-    free_port,
     list_server_scenarios,
     run_server_suite,
-    stop_process,
-    wait_until_answering,
 )
 from test_conformance_direct import check_outcome
 
 
 @contextlib.contextmanager
 def proxy_in_front_of(env_spec: str, log_path: Path) -> Iterator[str]:
-    port = free_port()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fleet_mcp_proxy", "serve", "--port", str(port), "--env", env_spec],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until_answering(f"http://127.0.0.1:{port}/healthz", timeout=30, process=process)
-            yield f"http://127.0.0.1:{port}/mcp"
-        finally:
-            stop_process(process)
+    """The proxy on a port it binds itself: its "listening on URL" line says which."""
+    args = [sys.executable, "-m", "fleet_mcp_proxy", "serve", "--port", "0", "--env", env_spec]
+    with announced_process(args, r"listening on (\S+)", announce_on="stderr", log_path=log_path, timeout=30) as (
+        _,
+        url,
+    ):
+        yield url  # printed after listen(): connections queue until it accepts
 
 
 def _assert_same_outcome_as_direct(url: str, tmp_path: Path) -> None:

@@ -1,19 +1,45 @@
-"""The tool-call fast lane: the same answers as the SDK path, and it really carries the plain calls."""
+"""The tool-call fast lane: the same answers as the SDK path, and it really carries the plain calls.
+
+Which path carried a call is read at the backend, never from the lane's own counter: the lane posts with its
+own request ids (`fmp-N`), the SDK client with integers.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import resource
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import mcp_types as t
 import pytest
-from helpers import KITCHEN, PY, config_with, http_client, kitchen_http, proxy_http, wait_until
+from edge_helpers import Recording, Seen, kitchen_app, serve
+from helpers import KITCHEN, PY, config_with, http_client, proxy_http, wait_until
 from mcp import MCPError
 
 from fleet_mcp_proxy.config import load_config
 
 pytestmark = pytest.mark.anyio
+
+
+@contextlib.asynccontextmanager
+async def recorded_kitchen(name: str, **options: Any) -> AsyncIterator[tuple[str, Seen]]:
+    """The kitchen backend in this process, recording every JSON-RPC message that reaches it."""
+    seen = Seen()
+    async with serve(Recording(kitchen_app(name), seen), **options) as base:
+        yield f"{base}/mcp", seen
+
+
+def lane_calls(seen: Seen) -> list[tuple[Any, Any]]:
+    """(client address, id) of the tool calls the lane posted to the backend."""
+    return [(client, i) for client, method, i in seen.messages if method == "tools/call" and str(i).startswith("fmp-")]
+
+
+def sdk_calls(seen: Seen) -> int:
+    return sum(1 for _, method, i in seen.messages if method == "tools/call" and not str(i).startswith("fmp-"))
 
 
 async def _sample(context: Any, params: t.CreateMessageRequestParams) -> t.CreateMessageResult:
@@ -62,32 +88,36 @@ async def _session_transcript(url: str) -> dict[str, Any]:
 
 
 async def test_the_lane_answers_exactly_as_the_sdk_path_and_carries_the_plain_calls() -> None:
-    async with kitchen_http("a") as backend:
-        transcripts: dict[bool, dict[str, Any]] = {}
-        served: dict[bool, int] = {}
-        for on in (True, False):
-            async with proxy_http(config_with(f"a={backend}", fast_lane=on)) as proxy:
-                transcripts[on] = await _session_transcript(proxy.url)
-                served[on] = proxy.holder.lane.served if proxy.holder.lane is not None else 0
+    transcripts: dict[bool, dict[str, Any]] = {}
+    carried: dict[bool, tuple[int, int]] = {}
+    for on in (True, False):
+        async with (
+            recorded_kitchen("a") as (backend, seen),
+            proxy_http(config_with(f"a={backend}", fast_lane=on)) as proxy,
+        ):
+            transcripts[on] = await _session_transcript(proxy.url)
+            carried[on] = (len(lane_calls(seen)), sdk_calls(seen))
     assert transcripts[True] == transcripts[False]
     assert transcripts[True]["big"] == 3 * 1024 * 1024
     assert transcripts[True]["ask_llm"]["text"] == "sampled: hi"
     assert transcripts[True]["count"][1] == [1.0, 2.0, 3.0]
-    # Everything but the progress-token call rides the lane; with the lane off, nothing does.
-    assert served[True] >= 8, served
-    assert served[False] == 0
+    # Every call but the progress-token one rides the lane; with the lane off, the SDK path carries them all.
+    assert carried[True] == (8, 1), carried
+    assert carried[False] == (0, 9), carried
 
 
-async def test_a_call_cancelled_by_the_client_is_cancelled_at_the_backend(tmp_path: Path) -> None:
+async def test_a_call_cancelled_by_the_client_is_cancelled_at_the_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     events = tmp_path / "events"
+    monkeypatch.setenv("KITCHEN_EVENTS", str(events))  # the in-process kitchen backend's event file
     async with (
-        kitchen_http("a", events=events) as backend,
+        recorded_kitchen("a") as (backend, seen),
         proxy_http(config_with(f"a={backend}")) as proxy,
         http_client(proxy.url) as c,
     ):
         with anyio.fail_after(30):
             await c.list_tools()
-            before = proxy.holder.lane.served
             with anyio.move_on_after(1):  # the client gives up: the SDK sends notifications/cancelled
                 await c.call_tool("block", {})
             await wait_until(lambda: events.exists() and "block cancelled" in events.read_text(), 15, "cancel")
@@ -95,12 +125,15 @@ async def test_a_call_cancelled_by_the_client_is_cancelled_at_the_backend(tmp_pa
                 "text": "after",
                 "backend": "a",
             }
-        assert proxy.holder.lane.served >= before + 2
+        assert len(lane_calls(seen)) == 2 and sdk_calls(seen) == 0, seen.messages
 
 
-async def test_a_hung_http_call_ends_at_its_timeout_on_the_lane(tmp_path: Path) -> None:
+async def test_a_hung_http_call_ends_at_its_timeout_on_the_lane(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     events = tmp_path / "events"
-    async with kitchen_http("a", events=events) as backend:
+    monkeypatch.setenv("KITCHEN_EVENTS", str(events))
+    async with recorded_kitchen("a") as (backend, seen):
         toml = tmp_path / "proxy.toml"
         toml.write_text(f'[env.a]\nurl = "{backend}"\ncall_timeout = 1\n', encoding="utf-8")
         async with proxy_http(load_config(toml)) as proxy, http_client(proxy.url) as c:
@@ -110,7 +143,47 @@ async def test_a_hung_http_call_ends_at_its_timeout_on_the_lane(tmp_path: Path) 
             assert result.is_error
             assert "'block' did not finish within 1 s" in result.content[0].text  # type: ignore[union-attr]
             await wait_until(lambda: "block cancelled" in events.read_text(), 15, "the backend sees the cancel")
-            assert proxy.holder.lane.served >= 1
+        assert len(lane_calls(seen)) == 1, seen.messages
+
+
+@contextlib.contextmanager
+def descriptors_past_1024() -> Iterator[None]:
+    """Occupy every descriptor below 1100, so sockets opened from now on get numbers `select` cannot take."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the hard descriptor limit ({hard}) leaves no room past 1024")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048) if hard == resource.RLIM_INFINITY else hard, hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        probe = os.open(os.devnull, os.O_RDONLY)
+        os.close(probe)
+        assert probe > 1023, probe
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_the_lane_reuses_and_retires_pooled_connections_past_descriptor_1023() -> None:
+    with descriptors_past_1024():
+        # The backend drops a kept-alive connection after 1 s idle: the lane must notice before reusing it.
+        async with (
+            recorded_kitchen("a", timeout_keep_alive=1) as (backend, seen),
+            proxy_http(config_with(f"a={backend}")) as proxy,
+            http_client(proxy.url) as c,
+        ):
+            with anyio.fail_after(60):
+                await c.list_tools()
+                texts = [(await c.call_tool("echo", {"text": f"kept {n}"})).structured_content for n in range(3)]
+                await anyio.sleep(2)  # time is the subject: the backend closes the idle connection
+                texts.append((await c.call_tool("echo", {"text": "after close"})).structured_content)
+    assert texts == [{"text": t, "backend": "a"} for t in ("kept 0", "kept 1", "kept 2", "after close")]
+    carried = lane_calls(seen)
+    assert len(carried) == 4, seen.messages
+    clients = [client for client, _ in carried]
+    assert clients[0] == clients[1] == clients[2], "the pooled connection was checked alive and reused"
+    assert clients[3] != clients[2], "the connection the backend closed was retired, not reused"
 
 
 async def test_stdio_backends_stay_on_the_sdk_path() -> None:

@@ -62,14 +62,22 @@ async def test_a_fleet_instance_is_provisioned_on_first_use_and_released_at_the_
 
 
 @pytest.mark.anyio
+@pytest.mark.timeout(180)
 async def test_heartbeats_keep_an_instance_alive_and_an_instance_killed_mid_episode_errors_clearly() -> None:
     async with running_emulator(KEY) as emu:
         config, run_id = fleet_config(emu, heartbeat_interval=30)
         async with proxy_http(config) as proxy, http_client(proxy.url) as c:
-            with anyio.fail_after(60):
-                await c.list_tools()
+            with anyio.fail_after(120):
+                assert not (await c.call_tool("list_projects", {})).is_error
                 (record,) = live(emu, run_id)
                 assert record.heartbeat_interval == 30
+                # Time is the subject: the platform stops an instance 2 intervals (60 s) after its last beat. Once
+                # the proxy beat (every 30 s), 50 s more on the platform's clock is 80 s after the create: only the
+                # beat keeps it up.
+                await wait_until(lambda: record.heartbeat_count >= 1, 90, "the proxy's first heartbeat")
+                await emu.advance(50)
+                assert record.live, "heartbeats kept it alive past two intervals from its create"
+                assert not (await c.call_tool("list_projects", {})).is_error
                 await emu_kill(emu, record.instance_id)
                 text = await _tool_error(c, "list_projects", {})
             assert "tracker" in text

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from edge_helpers import jsonrpc_messages
 from helpers import config_with, kitchen_cmd, proxy_http
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -121,28 +122,23 @@ def front() -> Iterator[Front]:
         thread.join(30)
 
 
-def _messages(reply: httpx.Response) -> list[Any]:
-    if reply.headers.get("content-type", "").startswith("text/event-stream"):
-        return [
-            json.loads(line[5:]) for line in reply.text.splitlines() if line.startswith("data:") and line[5:].strip()
-        ]
-    return [reply.json()] if reply.content else []
-
-
 def check(reply: httpx.Response) -> None:
-    """A protocol error or a proper answer; never a server error."""
+    """A protocol error or a proper answer; never a server error, and a 200 always carries its JSON-RPC answer."""
     FIGURES["examples"] += 1
     assert reply.status_code < 500, (reply.status_code, reply.text[:300])
     if 400 <= reply.status_code < 500:
         FIGURES["4xx"] += 1
         return
-    assert reply.status_code in (200, 202), reply.status_code
-    messages = _messages(reply)
-    if reply.status_code == 202 or not messages:
+    if reply.status_code == 202:  # a notification or a response: accepted, nothing to answer
+        assert not reply.content, reply.text[:300]
         FIGURES["accepted"] += 1
         return
+    assert reply.status_code == 200, reply.status_code
+    messages = jsonrpc_messages(reply.headers.get("content-type", ""), reply.text)
+    assert messages, ("a 200 without a JSON-RPC message", reply.headers.get("content-type"), reply.text[:300])
     final = messages[-1]
-    assert final.get("jsonrpc") == "2.0" and ("error" in final or "result" in final), final
+    assert isinstance(final, dict) and final.get("jsonrpc") == "2.0", final
+    assert ("error" in final) != ("result" in final) and "id" in final, final
     if "error" in final:
         assert isinstance(final["error"].get("code"), int) and isinstance(final["error"].get("message"), str)
         assert "Traceback" not in final["error"]["message"]

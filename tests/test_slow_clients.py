@@ -131,6 +131,69 @@ def _has_httptools() -> bool:
     return True
 
 
+async def _answer(stream: Any, request: bytes) -> bytes:
+    """Send one request on an open connection and read its whole answer (Content-Length framed)."""
+    await stream.send(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive()
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
+    while len(body) < length:
+        body += await stream.receive()
+    return head.split(b"\r\n", 1)[0]
+
+
+async def _read_body_app(scope: Any, receive: Any, send: Any) -> None:
+    """Answers only once the whole request body is in, as the MCP endpoint does."""
+    if scope["type"] != "http":
+        return
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = str(size).encode()
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _trickled_body(address: tuple[str, int], path: bytes = b"/") -> tuple[bytes, int]:
+    """Complete headers, then a declared 10,000-byte body one byte every 0.1 s. (what came back, bytes sent)."""
+    head = b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    head += b"Accept: application/json, text/event-stream\r\nContent-Length: 10000\r\n\r\n"
+    sent = 0
+    answer = b""
+    async with await anyio.connect_tcp(*address) as stream:
+        await stream.send(head)
+
+        async def drip() -> None:
+            nonlocal sent
+            try:
+                while True:
+                    await stream.send(b" ")
+                    sent += 1
+                    await anyio.sleep(0.1)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drip)
+            try:
+                while chunk := await stream.receive():
+                    answer += chunk
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                pass
+            tg.cancel_scope.cancel()
+    return answer, sent
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("base", _protocols())
 async def test_each_protocol_times_out_headers_but_not_requests_or_kept_alive_connections(base: type) -> None:
@@ -138,14 +201,44 @@ async def test_each_protocol_times_out_headers_but_not_requests_or_kept_alive_co
     async with serve(ok_app(), http=protocol, lifespan="off") as url:
         address = _address(url)
         lifetimes: list[float] = []
+        request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         with anyio.fail_after(20):
-            async with httpx2.AsyncClient(timeout=10) as http:
-                first = await http.get(url + "/")
-                await anyio.sleep(0.7)  # idle on a kept-alive connection longer than the header deadline
-                second = await http.get(url + "/")  # a new request: it gets its own deadline
+            # One raw connection: a client library would silently reconnect if the server dropped it.
+            async with await anyio.connect_tcp(*address) as stream:
+                first = await _answer(stream, request)
+                await anyio.sleep(0.7)  # idle on the kept-alive connection longer than the header deadline
+                second = await _answer(stream, request)  # the same connection: it gets a fresh deadline
             async with anyio.create_task_group() as tg:
                 tg.start_soon(lambda: _slow_connection(address, lifetimes, trickle=True))
                 tg.start_soon(lambda: _slow_connection(address, lifetimes, trickle=False))
-        assert first.status_code == second.status_code == 200
+        assert first == second == b"HTTP/1.1 200 OK"
         assert len(lifetimes) == 2
         print(f"\n{base.__name__}: slow connections closed after {', '.join(f'{t:.2f} s' for t in lifetimes)}")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("base", _protocols())
+async def test_each_protocol_cuts_off_a_trickled_body_at_its_deadline_but_not_a_prompt_one(base: type) -> None:
+    protocol = type("Protocol", (base,), {"header_timeout": 5.0, "body_timeout": 0.5})
+    async with serve(_read_body_app, http=protocol, lifespan="off") as url:
+        address = _address(url)
+        with anyio.fail_after(20):  # the body alone would take 1,000 s
+            answer, sent = await _trickled_body(address)
+            async with await anyio.connect_tcp(*address) as stream:
+                body = b"x" * 50_000
+                head = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % len(body)
+                prompt = await _answer(stream, head + body)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        assert sent < 10_000
+        assert prompt == b"HTTP/1.1 200 OK"
+
+
+@pytest.mark.anyio
+async def test_the_proxy_closes_a_connection_whose_body_trickles_past_body_timeout() -> None:
+    async with proxy_http(config_with(KITCHEN, body_timeout=1.0)) as proxy:
+        with anyio.fail_after(30):
+            answer, sent = await _trickled_body(_address(proxy.url), b"/mcp")
+            async with http_client(proxy.url) as c:
+                assert not (await c.call_tool("echo", {"text": "prompt"})).is_error
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        assert sent < 10_000

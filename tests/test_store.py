@@ -357,9 +357,11 @@ def test_cli_list(recorded: Path) -> None:
     done = episodes_cli("list", state=recorded.parents[1])  # the default database, under $XDG_STATE_HOME
     assert done.returncode == 0, done.stderr
     header, newest, older = done.stdout.splitlines()
-    assert header.split() == ["EPISODE", "STARTED", "(UTC)", "TASK", "CALLS", "STATUS", "REWARD", "ENDED"]
-    assert newest.split() == ["fedcba9876543210", "2025-01-02", "04:04:05", "task-2", "0", "-", "-", "-"]
-    assert older.split() == ["0123456789abcdef", "2025-01-02", "03:04:05", "task-1", "3", "scored", "0.75", "submitted"]
+    assert header.split() == ["EPISODE", "STARTED", "(UTC)", "TASK", "CALLS", "STATUS", "REWARD", "STATE", "ENDED"]
+    assert newest.split() == ["fedcba9876543210", "2025-01-02", "04:04:05", "task-2", "0", "-", "-", "live", "-"]
+    assert older.split() == [
+        *("0123456789abcdef", "2025-01-02", "03:04:05", "task-1", "3", "scored", "0.75", "closed", "submitted")
+    ]
     only = episodes_cli("list", "--db", str(recorded), "--task", "task-1", "--limit", "5")
     assert only.stdout.splitlines()[1:] == [older]
     assert len(episodes_cli("list", "--db", str(recorded), "--limit", "1").stdout.splitlines()) == 2

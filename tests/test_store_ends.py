@@ -82,6 +82,7 @@ async def test_owners_and_meta(store_target: str | Path) -> None:
         assert [(o.pid, o.lease_until, o.address) for o in await store.owners()] == [(2, 30.0, None)]  # replaced
         await store.drop_owner("o1")
         assert await store.owners() == []
+        assert await store.meta("run_id", None) is None
         assert await store.meta("run_id", "first") == "first"
         assert await store.meta("run_id", "second") == "first"
 

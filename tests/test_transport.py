@@ -54,3 +54,23 @@ async def test_a_request_lost_after_sending_is_not_repeated() -> None:
         with pytest.raises(httpx2.ReadError):
             await client.post("http://127.0.0.1:1/mcp", content=b"{}")
     assert len(sent) == 1
+
+
+@pytest.mark.anyio
+async def test_a_connection_broken_while_the_request_was_written_is_retried_and_a_504_is_not() -> None:
+    tries: list[int] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        tries.append(1)
+        if len(tries) == 1:
+            raise httpx2.WriteError("connection reset before the request was written")
+        return httpx2.Response(200, text="ok")
+
+    async with httpx2.AsyncClient(transport=RetryUnacceptedTransport(httpx2.MockTransport(handler))) as client:
+        response = await client.post("http://127.0.0.1:1/mcp", content=b"{}")
+    assert response.status_code == 200 and len(tries) == 2
+
+    inner, seen = _counting([504, 200])  # the gateway forwarded it and gave up waiting: the backend may have it
+    async with httpx2.AsyncClient(transport=RetryUnacceptedTransport(inner)) as client:
+        response = await client.post("http://127.0.0.1:1/mcp", content=b"{}")
+    assert response.status_code == 504 and len(seen) == 1

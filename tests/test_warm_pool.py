@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anyio
@@ -11,7 +12,9 @@ from fleet_emulator import running_emulator
 from helpers import http_client, proxy_http, wait_until
 from test_fleet_provider import fleet_config, keyed, live
 
-from fleet_mcp_proxy.config import ConfigError, load_config
+from fleet_mcp_proxy.config import ConfigError, EnvironmentConfig, load_config
+from fleet_mcp_proxy.providers.base import HttpTarget, Instance
+from fleet_mcp_proxy.providers.warm import WarmPool
 
 pytestmark = pytest.mark.anyio
 
@@ -60,3 +63,27 @@ def test_a_warm_pool_on_a_local_environment_is_a_config_error(tmp_path: Any) -> 
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert "env.a" in str(caught.value) and "warm_pool" in str(caught.value)
+
+
+async def test_the_pool_hands_out_the_instance_with_the_most_life_left_and_never_one_about_to_expire() -> None:
+    """Issue 12, item 8: the oldest instance first meant a long task could lose it mid-episode."""
+    now = time.time()
+    lives = iter([400.0, 3_000.0, 100.0, 2_000.0])  # seconds left of each instance made, in order
+    released: list[str] = []
+
+    async def make(env: EnvironmentConfig, on_lost: object) -> Instance:
+        life = next(lives)
+        return Instance(env.name, f"i-{life:g}", "fleet", HttpTarget("http://127.0.0.1:1/mcp"), expires_at=now + life)
+
+    pool = WarmPool(make, lambda instance, on_lost: True, lambda i: released.append(i.instance_id), min_life=300.0)
+    env = EnvironmentConfig(name="web", fleet="web", warm_pool=4)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.run, (env,))
+            while pool.size("web") + len(released) < 4:
+                await anyio.sleep(0.01)  # the filler is another task
+            first, second = pool.take(env, None), pool.take(env, None)
+            tg.cancel_scope.cancel()
+    assert first is not None and second is not None
+    assert (first.instance_id, second.instance_id) == ("i-3000", "i-2000")
+    assert "i-100" in released, "an instance with less than min_life left is released, never handed out"

@@ -9,7 +9,7 @@ the connection for the next call. Anything it does not understand fails the call
 from __future__ import annotations
 
 import functools
-import select
+import socket
 import ssl
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
@@ -44,14 +44,34 @@ class _Conn:
     reused: bool = False
 
     def stale(self, now: float, keepalive: float) -> bool:
-        if now - self.idle_since > keepalive:
-            return True
+        if now - self.idle_since > keepalive or self.reader.buffer:
+            return True  # too old, or bytes arrived between answers: the server spoke out of turn
         sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
-        if sock is None:
-            return True
-        # An idle keep-alive socket that is readable was closed (or spoke out of turn): never reuse it.
-        readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable)
+        return sock is None or not _quiet(sock.fileno())
+
+
+def _quiet(fd: int) -> bool:
+    """True when an idle socket has nothing to read: no close from the server, no stray bytes.
+
+    A non-blocking peek works on any descriptor number (`select` raises past 1023) and on whatever object the
+    event loop hands out as the socket (asyncio's and uvloop's wrappers refuse `recv`): it wraps the bare fd
+    without owning it.
+    """
+    if fd < 0:
+        return False  # the transport already closed it
+    try:
+        probe = socket.socket(fileno=fd)
+    except OSError:
+        return False  # not a socket any more
+    try:
+        probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False  # reset
+    finally:
+        probe.detach()  # the fd stays the transport's
+    return False  # b"": the server closed; a byte: it spoke out of turn
 
 
 @dataclass(eq=False)
@@ -136,9 +156,9 @@ class Http1Pool:
         self._idle: list[_Conn] = []
         self._ssl: ssl.SSLContext | None = _tls_context() if self._tls else None
 
-    async def _connect(self) -> _Conn:
+    async def _connect(self, *, pooled: bool = True) -> _Conn:
         now = anyio.current_time()
-        while self._idle:
+        while pooled and self._idle:
             conn = self._idle.pop()
             if not conn.stale(now, self._keepalive):
                 conn.reused = True
@@ -167,17 +187,23 @@ class Http1Pool:
         Raises:
             LaneError: connecting, sending or reading the head failed.
         """
-        conn = await self._connect()
         head = [b"POST ", self.path.encode("ascii"), b" HTTP/1.1\r\nhost: ", self.authority]
         head.append(b"\r\ncontent-length: " + str(len(body)).encode("ascii") + b"\r\n")
         for name, value in headers:
             head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n")
-        try:
-            await conn.stream.send(b"".join(head) + body)
-        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            await self._discard(conn)
-            raise LaneError("the connection broke before the request was sent", sent=False) from exc
+        request = b"".join(head) + body
+        conn = await self._connect()
+        while True:
+            try:
+                await conn.stream.send(request)
+                break
+            except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                await self._discard(conn)
+                if not conn.reused:
+                    raise LaneError("the connection broke before the request was sent", sent=False) from exc
+            # A pooled connection the server dropped after the check: nothing went out, so once more on a new one.
+            conn = await self._connect(pooled=False)
         try:
             return self._parse_head(conn, await conn.reader.receive_until(b"\r\n\r\n", _MAX_HEAD))
         except BaseException as exc:

@@ -13,7 +13,6 @@ from importlib.resources import files
 
 import anyio
 from mcp.server.auth.middleware.auth_context import get_access_token
-from mcp.server.transport_security import TransportSecurityMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -78,11 +77,11 @@ def _html() -> str:
     return files("fleet_mcp_proxy.front").joinpath("dashboard.html").read_text(encoding="utf-8")
 
 
-def routes(holder: StateHolder, guard: TransportSecurityMiddleware) -> list[Route]:
+def routes(holder: StateHolder) -> list[Route]:
     """The operator routes; `holder` reaches the state the server lifespan creates.
 
-    `/status` and `/dashboard` get the same Host/Origin checks as `/mcp` (a DNS-rebinding page must not
-    read them); the probes stay open to orchestrators that call them by pod address.
+    `/status` and `/dashboard` sit behind the app-wide Host/Origin gate (front/admission.py), as `/mcp` does;
+    the probes stay open to orchestrators that call them by pod address.
     """
     started = time.monotonic()
     page = _html()  # read once: the file ships inside the package
@@ -103,8 +102,6 @@ def routes(holder: StateHolder, guard: TransportSecurityMiddleware) -> list[Rout
         return JSONResponse(body, status_code=200 if ready else 503, headers=_NO_STORE)
 
     async def status(request: Request) -> Response:
-        if (refused := await guard.validate_request(request)) is not None:
-            return refused
         state = holder.state
         if state is None:
             return JSONResponse({"error": "the proxy is starting"}, status_code=503, headers=_NO_STORE)
@@ -131,8 +128,6 @@ def routes(holder: StateHolder, guard: TransportSecurityMiddleware) -> list[Rout
         return JSONResponse(build_status(inputs), headers=_NO_STORE)
 
     async def dashboard(request: Request) -> Response:
-        if (refused := await guard.validate_request(request)) is not None:
-            return refused
         return HTMLResponse(page, headers=_NO_STORE)
 
     return [

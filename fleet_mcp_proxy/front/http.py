@@ -1,4 +1,4 @@
-"""The streamable-HTTP front: `/mcp` behind Host/Origin checks, plus `/healthz` and the operator routes."""
+"""The streamable-HTTP front: `/mcp`, `/healthz` and the operator routes, all but the probes behind Host/Origin."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, Streamable
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -19,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..config import ProxyConfig
 from ..episode import Episode
+from .admission import HostOriginGate
 from .auth import auth_middleware, current_principal
 from .dashboard import routes as operator_routes
 from .episodes import StateHolder
@@ -140,8 +142,9 @@ def build_app(config: ProxyConfig, server: ProxyServer, holder: StateHolder) -> 
             Route("/mcp", endpoint=endpoint, methods=["GET", "POST", "DELETE"]),
             Route("/healthz", healthz),
             Route("/episodes/{episode_id:str}", episode_record),
-            *operator_routes(holder, guard),  # /readyz, /status, /dashboard
+            *operator_routes(holder),  # /readyz, /status, /dashboard
         ],
         lifespan=lifespan,
-        middleware=auth_middleware(config.auth),  # app-wide: every route but the health probes
+        # App-wide, outermost first: Host/Origin on every route and method but the probes, then auth.
+        middleware=[Middleware(HostOriginGate, guard=guard), *auth_middleware(config.auth)],
     )

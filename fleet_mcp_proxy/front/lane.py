@@ -12,13 +12,14 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from contextlib import aclosing, contextmanager, suppress
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import mcp_types as t
 from mcp import MCPError
+from mcp.server.streamable_http import REQUEST_CANCELLED
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -28,6 +29,7 @@ from starlette.types import Message, Receive, Send
 
 from .. import telemetry
 from ..calls import malformed_message, stopped_message, timeout_message, unreachable_message
+from ..catalog import Route
 from ..chatlog import HANDOVER_META
 from ..episode import Episode
 from ..fastlane.http1 import Http1Response, LaneError
@@ -35,13 +37,21 @@ from ..fastlane.sse import SseDecoder, encode_event
 from ..fastlane.target import LaneTarget
 from ..forwarding import forward_params, tool_error
 from ..recorder import now
+from .admission import (
+    CallRefused,
+    call_slot,
+    declared_length_ok,
+    handshake_episode,
+    is_request_id,
+    parse_message,
+    tool_call_params_ok,
+)
 from .auth import current_principal
 from .episodes import StateHolder
-from .identity import RequestIdentity, episode_slot
 from .toolresult import finish_forwarded
 
 logger = logging.getLogger(__name__)
-_NOT_ACCEPTED = frozenset({502, 503, 504})
+_NOT_ACCEPTED = frozenset({502, 503})  # never reached the backend; a 504 may have (see transport.py)
 _PASS_THROUGH = frozenset({"notifications/message", "notifications/progress"})
 _NOTIFICATION = TypeAdapter[Any](t.ServerNotification)
 _DRAIN_AFTER_ANSWER = 2.0
@@ -195,23 +205,20 @@ class FastLane:
         state = self._holder.state
         headers = request.headers
         version = headers.get("mcp-protocol-version")
-        length = headers.get("content-length")
-        if state is None or version is None or version in MODERN_PROTOCOL_VERSIONS or length is None:
+        if state is None or version is None or version in MODERN_PROTOCOL_VERSIONS or state.registry.closing:
             return receive
-        if not length.isdigit() or int(length) > self._body_limit or state.registry.closing:
+        if not declared_length_ok(headers, self._body_limit):
             return receive
         accept = headers.get("accept", "")
         if "application/json" not in accept or "text/event-stream" not in accept:
             return receive  # the SDK path answers 406
         if await self._security.validate_request(request, is_post=True) is not None:
-            return receive  # Host, Origin or Content-Type refused: the SDK path says so
-        principal = current_principal()
-        slot = episode_slot(RequestIdentity(principal, key, session_id, False), default_episode=False)
-        episode = state.registry.episodes.get(slot)
+            return receive  # Content-Type refused: the SDK path says so
+        episode = handshake_episode(state.registry, current_principal(), key, session_id)
         transport = getattr(self._manager, "_server_instances", {}).get(session_id)
-        if episode is None or transport is None or transport.is_terminated or session_id not in episode.session_ids:
+        if episode is None or transport is None or transport.is_terminated:
             return receive
-        if episode.principal != principal or episode.ended is not None or not episode.provisioned:
+        if episode.ended is not None or not episode.provisioned:
             return receive
         body = bytearray()
         while True:
@@ -222,27 +229,26 @@ class FastLane:
             if not message.get("more_body"):
                 break
         raw = bytes(body)
-        parsed: Any = None
-        with suppress(ValueError, RecursionError):  # deep nesting too: the SDK path answers it as a parse error
-            parsed = json.loads(raw)
+        parsed = parse_message(raw)
         handled = False
-        if isinstance(parsed, dict) and parsed.get("jsonrpc") == "2.0":
+        if parsed is not None:
             handled = await self._dispatch(parsed, episode, transport, send, session_id)
         return None if handled else _replay(raw, receive)
 
     async def _dispatch(self, request: dict[str, Any], episode: Episode, transport: Any, send: Send, sid: str) -> bool:
         method = request.get("method")
-        if method == "tools/call" and "id" in request:
+        if method == "tools/call" and is_request_id(request.get("id")):  # `"id": null` is a notification
             return await self._call(request, episode, transport, send, sid)
         if method == "notifications/cancelled":
-            params = request.get("params")
-            call = self._calls.get((sid, params.get("requestId"))) if isinstance(params, dict) else None
+            params = request.get("params") or {}
+            cancelled = params.get("requestId")
+            call = self._calls.get((sid, cancelled)) if is_request_id(cancelled) else None
             if call is None:
                 return False
             call.scope.cancel()
             await _accepted(send)
             return True
-        if method is None and "id" in request:  # the client's answer to a request relayed on the lane
+        if method is None and is_request_id(request.get("id")):  # the answer to a request relayed on the lane
             answer = self._answers.get((sid, request["id"]))
             if answer is not None:
                 answer.message = request
@@ -260,44 +266,35 @@ class FastLane:
 
     async def _call(self, request: dict[str, Any], episode: Episode, transport: Any, send: Send, sid: str) -> bool:
         params = request.get("params")
-        if not isinstance(params, dict) or not isinstance(params.get("name"), str):
-            return False
+        if not isinstance(params, dict) or not tool_call_params_ok(params):
+            return False  # the SDK path refuses it in its own words
         meta = params.get("_meta")
         if isinstance(meta, dict) and (meta.get("progressToken") is not None or HANDOVER_META in meta):
             return False  # progress is re-addressed per hop, a handed-over chat is taken in: the SDK path does both
         name: str = params["name"]
         route = episode.tools.route(name)
-        if route is None or route.alias is None or episode.outcome.finished or episode.steps.limited:
+        state = self._holder.state
+        if route is None or route.alias is None or episode.outcome.finished or state is None or episode.steps.limited:
             return False  # ... and steps are counted on the SDK path only
         link = episode.links.get(route.alias)
-        target = link.lane_target() if link is not None else None
+        target = link.lane_target(route.original) if link is not None else None
         if target is None:
             return False
-        limits = self._holder.state.limits if self._holder.state is not None else None
-        if limits is None or limits.enter_call(episode.principal) is not None:
-            return False  # refused (max_calls_per_principal): the SDK path words the refusal
-        call = _Call(target, f"fmp-{next(self._ids)}")
         front_id = request["id"]
         writer = _FrontWriter(send, sid)
         started, clock = now(), anyio.current_time()
-        self._calls[(sid, front_id)] = call
-        upstream = _LaneUpstream(self, writer, sid)
-        upstreams = episode.callers.setdefault(route.alias, [])
-        upstreams.append(upstream)
         try:
-            with episode.busy(), _holding(transport):
-                answer = await self._exchange(call, episode, route.alias, name, params, route.original, writer, sid)
-        finally:
-            upstreams.remove(upstream)
-            limits.exit_call(episode.principal)
-            self._calls.pop((sid, front_id), None)
-            for relay in call.relays:
-                self._relays.pop(relay, None)
+            with call_slot(state.limits, episode.principal):
+                call = _Call(target, f"fmp-{next(self._ids)}")
+                answer = await self._tracked(call, front_id, episode, transport, route, name, params, writer, sid)
+        except CallRefused:
+            return False  # max_calls_per_principal: the SDK path words the refusal
         if answer is _FALLBACK:
             return False
         self.served += 1
-        if answer is None:  # the client cancelled: no answer is due
-            await writer.finish(None)
+        if answer is None:  # the client cancelled: the 2025-era transport still ends the request's stream
+            error = {"code": REQUEST_CANCELLED, "message": "Request cancelled"}
+            await writer.finish(_dumps({"jsonrpc": "2.0", "id": front_id, "error": error}))
             return True
         result = answer.get("result")
         if telemetry.ON:
@@ -308,6 +305,33 @@ class FastLane:
         else:
             await writer.finish(_dumps({"jsonrpc": "2.0", "id": front_id, "error": answer["error"]}))
         return True
+
+    async def _tracked(
+        self,
+        call: _Call,
+        front_id: str | int,
+        episode: Episode,
+        transport: Any,
+        route: Route,
+        name: str,
+        params: dict[str, Any],
+        writer: _FrontWriter,
+        sid: str,
+    ) -> Any:
+        """The exchange, registered for cancels and relays while it runs; every registration undone after."""
+        assert route.alias is not None
+        upstream = _LaneUpstream(self, writer, sid)
+        upstreams = episode.callers.setdefault(route.alias, [])
+        self._calls[(sid, front_id)] = call
+        upstreams.append(upstream)
+        try:
+            with episode.busy(), _holding(transport):
+                return await self._exchange(call, episode, route.alias, name, params, route.original, writer, sid)
+        finally:
+            upstreams.remove(upstream)
+            self._calls.pop((sid, front_id), None)
+            for relay in call.relays:
+                self._relays.pop(relay, None)
 
     async def _exchange(
         self,

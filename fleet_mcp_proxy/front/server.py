@@ -30,6 +30,7 @@ from ..synthetic.context import ContextExtra, handle
 from ..synthetic.submit import SUBMIT_TOOL_NAME, submitted_result
 from ..tasks import Task
 from . import handlers as h
+from .admission import CallRefused, call_slot
 from .episodes import Ctx, ProxyState, StateHolder, episode_for, ready_episode, reserve_instances
 from .identity import episode_key, task_key
 from .toolresult import finish_forwarded, record_call
@@ -97,18 +98,15 @@ async def _call_tool(ctx: Ctx, params: t.CallToolRequestParams) -> HandlerResult
         return answer
     if episode.outcome.finished:
         return tool_error("This episode is finished: an answer was submitted. Start a new episode to continue.")
-    limits = ctx.lifespan_context.limits
-    refusal = limits.enter_call(episode.principal)  # max_calls_per_principal: a counter, no I/O
-    if refusal is not None:
-        return tool_error(refusal)
     try:
-        result = await forward_tool_call(ctx, episode, route, params.name)
+        with call_slot(ctx.lifespan_context.limits, episode.principal):  # max_calls_per_principal: no I/O
+            result = await forward_tool_call(ctx, episode, route, params.name)
+    except CallRefused as refused:
+        return tool_error(str(refused))
     except MCPError:
         if telemetry.ON:  # the backend answered a protocol error, passed on as such
             telemetry.tool_call(episode.id, route.alias, params.name, None, clock)
         raise
-    finally:
-        limits.exit_call(episode.principal)
     if telemetry.ON:
         telemetry.tool_call(episode.id, route.alias, params.name, result, clock)
     return finish_forwarded(episode, params.name, params.arguments, result, started, clock)
@@ -138,7 +136,7 @@ def _context_tool(episode: Episode, params: t.CallToolRequestParams) -> HandlerR
         store=episode.outputs,
         log=episode.call_log,
         settings=episode.context,
-        extra=ContextExtra(submission_state=submitted),
+        extra=ContextExtra(submission_state=submitted, instance_time_left_s=episode.time_left()),
     )
 
 
@@ -235,7 +233,7 @@ def build_server(
             finally:
                 # stdio: the client kills us 2 s after closing stdin, so pending ends go to a finisher at once.
                 grace = min(config.shutdown_grace, STDIO_GRACE) if front == "stdio" else config.shutdown_grace
-                await lifecycle.stop(runtime, registry, grace=grace, front=front)
+                await lifecycle.stop(runtime, registry, grace=grace)
                 tg.cancel_scope.cancel()
 
     server = ProxyServer(

@@ -150,9 +150,19 @@ def _rewards(inputs: StatusInputs) -> list[JSON]:
                 "live": False,
                 "calls": summary.call_count,
                 "ended": summary.end_reason,
+                "state": summary.state,
             }
         )
     return rows[:RECENT_REWARDS]
+
+
+def _pending_ends(inputs: StatusInputs) -> list[JSON]:
+    """Ends not complete (being graded or released, or left for a finisher), among the recent episodes."""
+    return [
+        {"episode_id": s.episode_id, "task": s.task_key, "state": s.state, "ended": s.end_reason}
+        for s in inputs.recent
+        if s.state not in ("live", "closed") and (inputs.principal is None or s.principal == inputs.principal)
+    ]
 
 
 def latency_view(samples: Sequence[ProvisionSample]) -> JSON:
@@ -175,6 +185,7 @@ def latency_view(samples: Sequence[ProvisionSample]) -> JSON:
 def build_status(inputs: StatusInputs) -> JSON:
     episodes = sorted(inputs.episodes, key=lambda e: e.last_active, reverse=True)
     views = [_episode(e, inputs.records.get(e.id), inputs) for e in episodes]
+    pending = _pending_ends(inputs)
     return {
         "version": inputs.version,
         "uptime_s": round(inputs.uptime, 1),
@@ -183,7 +194,9 @@ def build_status(inputs: StatusInputs) -> JSON:
         "totals": {
             "episodes": len(views),
             "instances": sum(1 for v in views for env in v["environments"] if env["instance_id"] is not None),
+            "pending_ends": len(pending),
         },
+        "pending_ends": pending,
         "episodes": views,
         "recent_calls": _recent_calls(inputs.records),
         "rewards": _rewards(inputs),

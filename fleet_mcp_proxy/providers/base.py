@@ -45,6 +45,8 @@ class Instance:
     target: Target
     data_dir: Path | None = None
     expires_at: float | None = None  # epoch seconds when the platform stops it whatever happens (its TTL)
+    # More MCP endpoints of the same instance whose tools are unioned after `target`'s (first name wins).
+    union: tuple[Target, ...] = ()
 
 
 class ProvisionError(Exception):

@@ -31,6 +31,7 @@ from ..verify.scoring import VerifierRun
 from .base import HttpTarget, Instance, ProvisionError
 from .breaker import CircuitBreaker, FleetUnavailable, RetryBudget
 from .fleet_errors import Kind, classify
+from .fleet_leases import lease_lost
 from .fleet_transport import GuardedTransport
 from .leases import Beat, LeaseLost
 
@@ -77,6 +78,25 @@ def _split(spec: str) -> tuple[str, str | None]:
 def _lease_ttl(interval: object) -> float | None:
     """The platform stops an instance two heartbeat intervals after its last beat."""
     return float(interval) * 2 if isinstance(interval, int | float) and interval > 0 else None
+
+
+def endpoint_paths(modality: str) -> tuple[str, ...]:
+    """The MCP paths under an instance's root, as Fleet's harness reads them (contract 2.1).
+
+    `tool_use` unions the environment's own server and the aggregator (some images serve only the latter);
+    `computer_use` reads exactly the aggregator, so its `computer` tool is never lost to a union.
+    """
+    return ("api/v1/mcp",) if modality == "computer_use" else ("mcp", "api/v1/mcp")
+
+
+def _created(made: Any) -> float:
+    """When the platform says it created the instance (epoch seconds); now, if it did not say."""
+    stamp = getattr(made, "created_at", None)
+    try:
+        when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return time.time()
+    return when.timestamp() if when.tzinfo is not None else time.time()
 
 
 class _NotReady(Exception):
@@ -202,11 +222,17 @@ class FleetProvider:
         if not is_instance_url(root):  # used as given otherwise: never rewritten, never followed through redirects
             raise ProvisionError(f"Fleet returned instance {instance_id} with an address that is not an http(s) URL.")
         root = root if root.endswith("/") else root + "/"
-        path = "api/v1/mcp" if env.modality == "computer_use" else "mcp"
         headers = {"Authorization": f"Bearer {self.settings.api_key}"}
-        expires = time.time() + (env.ttl_seconds or self.settings.ttl_seconds)  # the platform counts from the create
-        target = HttpTarget(root + path, headers)
-        return Instance(env.name, instance_id, self.name, target, expires_at=expires)
+        ttl = env.ttl_seconds or self.settings.ttl_seconds
+        endpoints = [HttpTarget(root + path, headers) for path in endpoint_paths(env.modality)]
+        return Instance(
+            env.name,
+            instance_id,
+            self.name,
+            endpoints[0],
+            expires_at=_created(made) + ttl,  # the platform counts the TTL from the create
+            union=tuple(endpoints[1:]),
+        )
 
     async def ready(self, instance: Instance, deadline: float) -> None:
         """Ready: status `running`, and initialize + tools/list answers with at least one tool."""
@@ -235,9 +261,11 @@ class FleetProvider:
             raise ProvisionError(f"Fleet instance {instance.instance_id} is '{status}'.")
         if status != "running":
             raise _NotReady(f"status '{status}'")
-        assert isinstance(instance.target, HttpTarget)
-        if not await self._probe(instance.target):
-            raise _NotReady("its MCP endpoint lists no tools yet")
+        for target in (instance.target, *instance.union):  # ready when any endpoint lists a tool
+            assert isinstance(target, HttpTarget)
+            if await self._probe(target):
+                return
+        raise _NotReady("none of its MCP endpoints lists a tool yet")
 
     async def _probe(self, target: HttpTarget) -> bool:
         try:
@@ -261,9 +289,9 @@ class FleetProvider:
         try:
             reply = await self._beats.heartbeat(instance.instance_id)
         except Exception as exc:
-            status = getattr(exc, "status_code", None)
-            if status == 404 or type(exc).__name__ in ("FleetAuthenticationError", "FleetPermissionError"):
-                raise LeaseLost(f"Fleet answered {status or 'forbidden'} to a heartbeat") from None
+            reason = lease_lost(exc)
+            if reason is not None:
+                raise LeaseLost(reason) from None
             raise
         if not getattr(reply, "success", True):
             raise LeaseLost("Fleet refused the heartbeat")

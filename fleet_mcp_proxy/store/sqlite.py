@@ -277,13 +277,13 @@ class SQLiteStore:
             rows = await db.execute_fetchall("SELECT * FROM owners")
         return [owner_of(row) for row in rows]
 
-    async def meta(self, key: str, default: str) -> str:
-        await self._write(
-            "", "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, default), must_change=False
-        )
+    async def meta(self, key: str, default: str | None) -> str | None:
+        if default is not None:
+            sql = "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)"
+            await self._write("", sql, (key, default), must_change=False)
         async with self._exclusive() as db:
             rows = builtins.list(await db.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,)))
-        return str(rows[0][0])
+        return str(rows[0][0]) if rows else None
 
     async def _require(self, episode_id: str) -> None:
         async with self._exclusive() as db:

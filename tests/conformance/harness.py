@@ -4,7 +4,7 @@
   binary) and the pinned suite into `<repo>/.tools/conformance` with npm, once.
 * `run_server_suite(url, timeout=...)` runs every server scenario (`--suite all`, which includes the
   "pending" ones) against a streamable-HTTP MCP endpoint and returns per-scenario counts.
-* `fixture_server()` starts `tests/conformance/server.py --http` on a free loopback port and yields its URL.
+* `fixture_server()` starts `tests/conformance/server.py --http` on a port it binds itself and yields its URL.
 
 The suite is a TypeScript MCP client (SDK 1.x) that speaks the 2025-11-25 handshake era over streamable HTTP.
 It exits 1 when any check fails; warnings do not fail it. Each scenario's checks are written to
@@ -20,9 +20,9 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -285,11 +285,46 @@ def _parse_checks(output_dir: Path) -> dict[str, ScenarioResult]:
 # the fixture backend over HTTP
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+@contextlib.contextmanager
+def announced_process(
+    args: list[str], pattern: str, *, announce_on: str, log_path: Path | None, timeout: float
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """Start a server that binds port 0 itself and prints its address; yield it and the first match of `pattern`.
+
+    The announcing stream (`stdout` or `stderr`) is copied to `log_path` by a reader thread, so it never fills
+    up; the other goes there directly. Ports are never probed and reused: the server reports what it bound.
+    """
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(log_path.open("wb")) if log_path is not None else None
+        other = log if log is not None else subprocess.DEVNULL
+        streams = {"stdout": subprocess.PIPE, "stderr": other} if announce_on == "stdout" else {"stdout": other}
+        if announce_on == "stderr":
+            streams["stderr"] = subprocess.PIPE
+        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, **streams)  # type: ignore[call-overload]
+        pipe = process.stdout if announce_on == "stdout" else process.stderr
+        regex = re.compile(pattern.encode())
+        found: list[str] = []
+        announced = threading.Event()
+
+        def copy() -> None:
+            for line in pipe:
+                if log is not None:
+                    log.write(line)
+                    log.flush()
+                if not found and (match := regex.search(line)):
+                    found.append(match.group(1).decode())
+                    announced.set()
+            announced.set()  # the stream ended: the process is gone
+
+        reader = threading.Thread(target=copy, daemon=True)
+        reader.start()
+        try:
+            if not announced.wait(timeout) or not found:
+                raise SuiteError(f"{args[1]} did not print its address within {timeout:.0f} s (exit {process.poll()})")
+            yield process, found[0]
+        finally:
+            stop_process(process)
+            reader.join(5)
 
 
 def wait_until_answering(url: str, *, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
@@ -328,25 +363,15 @@ def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 10.0) -> 
 
 
 @contextlib.contextmanager
-def fixture_server(
-    *, port: int | None = None, log_path: Path | None = None, startup_timeout: float = 30.0
-) -> Iterator[str]:
+def fixture_server(*, log_path: Path | None = None, startup_timeout: float = 30.0) -> Iterator[str]:
     """Run `tests/conformance/server.py --http` on 127.0.0.1 and yield its URL (`http://127.0.0.1:P/mcp`).
 
-    The server's stdout+stderr go to `log_path` (default: discarded). The process is always stopped on exit.
+    The server binds port 0 and prints the URL; its stdout+stderr go to `log_path` (default: discarded). The
+    process is always stopped on exit.
     """
-    port = port or free_port()
-    url = f"http://127.0.0.1:{port}/mcp"
-    with contextlib.ExitStack() as stack:
-        log = stack.enter_context(log_path.open("wb")) if log_path is not None else subprocess.DEVNULL
-        process = subprocess.Popen(
-            [sys.executable, str(FIXTURE_SERVER), "--http", "--port", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until_answering(url, timeout=startup_timeout, process=process)
-            yield url
-        finally:
-            stop_process(process)
+    args = [sys.executable, str(FIXTURE_SERVER), "--http", "--port", "0"]
+    with announced_process(
+        args, r"(http://\S+/mcp)", announce_on="stdout", log_path=log_path, timeout=startup_timeout
+    ) as (process, url):
+        wait_until_answering(url, timeout=startup_timeout, process=process)  # printed after bind, before listen
+        yield url

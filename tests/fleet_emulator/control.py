@@ -60,6 +60,14 @@ def routes(emu: Emulator) -> list[Route]:
         record, cut = await emu.create(await _body(request), request.headers.get("x-request-id"))
         if cut:
             drop(request)
+        faults = emu.faults
+        if faults.create_answer_delay > 0:  # made, then slow to say so: a client may give up in between
+            await anyio.sleep(faults.create_answer_delay)
+        if faults.create_no_root_count > 0:  # made, but the answer has no usable address
+            faults.create_no_root_count -= 1
+            body = record.to_json(_base(request))
+            body["urls"]["root"] = ""
+            return JSONResponse(body)
         return _instance(request, record)
 
     async def list_instances(request: Request) -> Response:

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp
 
 from .clock import Clock
 from .faults import Faults
+from .images import IMAGES, Image, ImageHost
 from .instances import HostPool, InstanceHost
 from .models import DEFAULT_CATALOG, ApiError, EnvSpec, InstanceRecord
 from .state import DEFAULT_REGIONS, EmulatorState
@@ -69,6 +71,7 @@ class Emulator:
         self.hosts = HostPool()
         self.bundles = BundleStore()  # verifier bundles and executions (verifiers.py)
         self.started = anyio.Event()
+        self.images: dict[str, Image] = dict(IMAGES)  # per-endpoint toolsets by env key (images.py)
         self.misbehaving: dict[str, str] = {}  # instance id -> "hang" | "garbage" (front.py)
         self._tg: TaskGroup | None = None
 
@@ -155,7 +158,11 @@ class Emulator:
         now = self.clock.now()
         record = self.state.commit(spec, request_id, now, self.faults.provision_delay)
         try:
-            await self.hosts.start(record.instance_id)
+            image = self.images.get(record.env_key)
+            if image is None:
+                await self.hosts.start(record.instance_id)
+            else:
+                await self.hosts.start(record.instance_id, partial(ImageHost, image=image))
         except Exception:
             log.exception("instance %s failed to start", record.instance_id)
             self.state.kill(record.instance_id, self.clock.now(), "error")

@@ -32,6 +32,8 @@ class Faults:
     create_health_check_status: int = 503
     create_drop_after_commit_rate: float = 0.0  # instance made and request id bound, then the socket is cut
     provision_delay: float = 0.0  # clock seconds an instance stays `pending` after its create
+    create_answer_delay: float = 0.0  # real seconds a create's answer waits after the instance was made
+    create_no_root_count: int = 0  # how many of the next create answers carry an empty `urls.root` (counts down)
     delete_latency: float = 0.0  # real seconds a slow delete takes before it answers
     delete_latency_count: int = 0  # how many of the next deletes are slow (counts down)
     verifier_failure_rate: float = 0.0  # a verifier execution answers success=false without running (verifiers.py)
@@ -54,6 +56,8 @@ class Faults:
         low, high = self.latency if isinstance(self.latency, tuple) else (self.latency, self.latency)
         if not 0.0 <= low <= high:
             raise ValueError(f"latency must be seconds >= 0 or a (low, high) range, not {self.latency!r}")
+        if min(self.create_answer_delay, self.create_no_root_count) < 0:
+            raise ValueError("create_answer_delay and create_no_root_count must be >= 0")
         if self.provision_delay < 0 or self.delete_latency < 0 or self.delete_latency_count < 0:
             raise ValueError("provision_delay, delete_latency and delete_latency_count must be >= 0")
         if not (500 <= self.status_5xx <= 599 and 500 <= self.create_health_check_status <= 599):

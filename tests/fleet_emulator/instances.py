@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -90,10 +91,10 @@ class HostPool:
         if data_root is not None:
             self.data_root = data_root
 
-    async def start(self, instance_id: str) -> InstanceHost:
+    async def start(self, instance_id: str, make: Callable[[str, Path], InstanceHost] = InstanceHost) -> InstanceHost:
         if self._tg is None or self.data_root is None:
             raise RuntimeError("the emulator is not running (no lifespan task group)")
-        host = InstanceHost(instance_id, self.data_root / instance_id)
+        host = make(instance_id, self.data_root / instance_id)
         self.hosts[instance_id] = host
         try:
             await self._tg.start(self._run, host, name=f"fleet-emulator instance {instance_id}")
