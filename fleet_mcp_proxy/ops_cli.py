@@ -239,9 +239,9 @@ async def _sweep(args: argparse.Namespace) -> int:
 
 async def _stored_run_id(config: ProxyConfig) -> str | None:
     """The run id every start on this deployment's episode store reuses (none when there is no store yet)."""
-    path = Path(config.store_path) if config.store_path else default_store_path()
+    target = config.store.url or (Path(config.store_path) if config.store_path else default_store_path())
     try:
-        async with await open_store(path, create=False) as store:
+        async with await open_any_store(target, create=False) as store:
             return await store.meta("run_id", None)
     except Exception:  # no store, or not one of ours: the derived default applies
         return None

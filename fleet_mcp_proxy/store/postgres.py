@@ -293,11 +293,12 @@ class PostgresStore:
     async def owners(self) -> builtins.list[OwnerRecord]:
         return [owner_of(row) for row in await self._fetch("SELECT * FROM owners ORDER BY started_at, id")]
 
-    async def meta(self, key: str, default: str) -> str:
+    async def meta(self, key: str, default: str | None) -> str | None:
         async with self._connection() as conn:
-            await conn.execute("INSERT INTO meta VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", key, default)
+            if default is not None:
+                await conn.execute("INSERT INTO meta VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", key, default)
             value = await conn.fetchval("SELECT value FROM meta WHERE key = $1", key)
-        return str(value)
+        return None if value is None else str(value)
 
     async def _require(self, episode_id: str) -> None:
         if not await self._fetch("SELECT 1 FROM episodes WHERE id = $1", episode_id):
