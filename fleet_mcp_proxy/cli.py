@@ -84,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--modality", choices=["tool_use", "computer_use"], help="filter tools by modality")
     serve.add_argument("--tasks", metavar="FILE", help="Fleet task export (JSON array or JSONL) episodes can bind")
     serve.add_argument("--task", metavar="KEY", help="bind every episode to this task (stdio: the process's episode)")
+    serve.add_argument(
+        "--store",
+        metavar="URL|PATH",
+        help="episode store: a postgresql:// URL shared by replicas, or a SQLite file (default: the config's)",
+    )
     serve.add_argument("--log-level", default="INFO", help="stderr log level (default INFO)")
     serve.add_argument(
         "--telemetry",
@@ -158,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "task": args.task,
             },
             env_args=tuple(args.env),
+            store=args.store,
         )
         tasks = tasks_for(config)
         if config.task is not None and config.task not in tasks:

@@ -143,6 +143,23 @@ class TelemetryConfig(_Frozen):
     console: bool = False  # also print spans to stderr (never stdout: in stdio mode that is the protocol)
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+class StoreConfig(_Frozen):
+    """`[store]`: the episode store replicas share. Unset, episodes go to the SQLite file (`proxy.store_path`)."""
+
+    url: str | None = Field(default=None, repr=False)  # postgresql://USER:PASSWORD@HOST:PORT/DB; holds a secret
+
+    @field_validator("url")
+    @classmethod
+    def _postgres(cls, value: str | None) -> str | None:
+        # The message never quotes the URL: it may hold a password.
+        if value is not None and not value.startswith(POSTGRES_SCHEMES):
+            raise ValueError("must be a postgresql:// URL (a SQLite file is set with store_path under [proxy])")
+        return value
+
+
 TOKEN_ENV = "FLEET_MCP_PROXY_TOKEN"  # one client token from the environment, for principal "default"
 
 
@@ -202,6 +219,7 @@ class ProxyConfig(_Frozen):
     max_leases_per_principal: int = Field(default=1000, ge=0)  # instances held; 0: unlimited
     auth: AuthConfig = Field(default_factory=AuthConfig)
     store_path: str | None = None  # the episode record; default $XDG_STATE_HOME/fleet-mcp-proxy/...
+    store: StoreConfig = Field(default_factory=StoreConfig)
     record_episodes: bool = True
     tasks_file: str | None = None
     task: str | None = None
@@ -222,7 +240,14 @@ class ProxyConfig(_Frozen):
             if env.name in seen:
                 raise ValueError(f"environment {env.name!r} is defined twice")
             seen.add(env.name)
+        if self.store_path is not None and self.store.url is not None:
+            raise ValueError("store_path (a SQLite file) and store.url (PostgreSQL) both name the store: keep one")
         return self
+
+    @property
+    def store_target(self) -> str | None:
+        """The configured store: a postgresql:// URL, a SQLite path, or None for the default file."""
+        return self.store.url or self.store_path
 
 
 def is_loopback(host: str) -> bool:
@@ -288,12 +313,12 @@ def _read_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError(where, "", "file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(where, "", f"not valid TOML ({exc})") from None
-    unknown = set(raw) - {"proxy", "env", "fleet", "context", "telemetry", "auth"}
+    unknown = set(raw) - {"proxy", "env", "fleet", "context", "telemetry", "auth", "store"}
     if unknown:
         raise ConfigError(
             where,
             sorted(unknown)[0],
-            "unknown section (expected [proxy], [auth], [fleet], [context], [telemetry] and [env.NAME])",
+            "unknown section (expected [proxy], [auth], [store], [fleet], [context], [telemetry] and [env.NAME])",
         )
     data: dict[str, Any] = dict(_interpolate(raw.get("proxy", {}), where, "proxy", environ))
     if "fleet" in raw:
@@ -304,6 +329,8 @@ def _read_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
         data["telemetry"] = raw["telemetry"]
     if "auth" in raw:
         data["auth"] = _interpolate(raw["auth"], where, "auth", environ)
+    if "store" in raw:
+        data["store"] = _interpolate(raw["store"], where, "store", environ)  # url = "postgresql://...${PGPASSWORD}..."
     envs = raw.get("env", {})
     if not isinstance(envs, dict):
         raise ConfigError(where, "env", "must be a table of [env.NAME] sections")
@@ -315,7 +342,7 @@ def _read_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
 
 def _key_of(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
     """Turn a pydantic error location into the key a person wrote in the file."""
-    if loc and loc[0] in ("fleet", "context", "telemetry", "auth"):
+    if loc and loc[0] in ("fleet", "context", "telemetry", "auth", "store"):
         return ".".join(str(p) for p in loc)
     if loc and loc[0] == "environments" and len(loc) > 1 and isinstance(loc[1], int):
         envs = data.get("environments", [])
@@ -331,8 +358,11 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     env_args: tuple[str, ...] = (),
     environ: Mapping[str, str] | None = None,
+    store: str | None = None,
 ) -> ProxyConfig:
     """Build the config from an optional TOML file, then command-line overrides and ad-hoc `--env` values.
+
+    `store` (`--store`) replaces whichever store the file names: a postgresql:// URL or a SQLite path.
 
     Raises:
         ConfigError: naming the file (or flag), the key and the problem.
@@ -341,6 +371,8 @@ def load_config(
     where = str(path) if path is not None else "command line"
     data: dict[str, Any] = _read_file(Path(path), environ) if path is not None else {}
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if store is not None:
+        data.update(store_override(store, data.get("store")))
     adhoc = [parse_env_arg(arg) for arg in env_args]
     data["environments"] = [*data.get("environments", []), *adhoc]
     fleet = dict(data.get("fleet") or {})
@@ -366,6 +398,14 @@ def load_config(
         )
     check_grading_window(config)
     return config
+
+
+def store_override(target: str, section: Any = None) -> dict[str, Any]:
+    """The config keys `--store TARGET` sets: a postgresql:// URL goes to `store.url`, a path to `store_path`."""
+    rest = dict(section) if isinstance(section, Mapping) else {}
+    if target.startswith(POSTGRES_SCHEMES):
+        return {"store": {**rest, "url": target}, "store_path": None}
+    return {"store": {**rest, "url": None}, "store_path": target}
 
 
 GRADING_MARGIN = 15.0  # seconds, besides verify_timeout, an instance must have left to be graded and released

@@ -13,7 +13,7 @@ from typing import TextIO
 import anyio
 
 from .recorder import default_store_path
-from .store import EpisodeSummary, SQLiteStore, StoreError
+from .store import EpisodeStore, EpisodeSummary, StoreError, is_postgres_url, open_any_store
 
 DEFAULT_DB = str(default_store_path())  # where `serve` records by default
 PROG = "fleet-mcp-proxy episodes"
@@ -26,20 +26,20 @@ def _non_negative(text: str) -> int:
     return value
 
 
-_DB_HELP = f"episode database (default {DEFAULT_DB})"
+_DB_HELP = f"episode database: a SQLite file (default {DEFAULT_DB}) or a postgresql:// URL"
 
 
 def _add_subcommands(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="episodes_command", required=True, metavar="COMMAND")
     listing = commands.add_parser("list", help="recorded episodes, newest first")
-    listing.add_argument("--db", default=DEFAULT_DB, metavar="PATH", help=_DB_HELP)
+    listing.add_argument("--db", default=DEFAULT_DB, metavar="PATH|URL", help=_DB_HELP)
     listing.add_argument("--limit", type=_non_negative, default=50, metavar="N", help="at most N (default 50)")
     listing.add_argument("--task", metavar="KEY", help="only episodes bound to this task key")
     show = commands.add_parser("show", help="one episode with its instances and calls, as JSON")
     show.add_argument("episode_id", metavar="ID")
-    show.add_argument("--db", default=DEFAULT_DB, metavar="PATH", help=_DB_HELP)
+    show.add_argument("--db", default=DEFAULT_DB, metavar="PATH|URL", help=_DB_HELP)
     export = commands.add_parser("export", help="every episode as JSON Lines, oldest first (for training)")
-    export.add_argument("--db", default=DEFAULT_DB, metavar="PATH", help=_DB_HELP)
+    export.add_argument("--db", default=DEFAULT_DB, metavar="PATH|URL", help=_DB_HELP)
     export.add_argument("--out", metavar="FILE", help="write here instead of stdout (replaced only when complete)")
 
 
@@ -59,13 +59,13 @@ def _table(summaries: Sequence[EpisodeSummary]) -> list[str]:
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
-async def _list(store: SQLiteStore, args: argparse.Namespace, out: TextIO) -> int:
+async def _list(store: EpisodeStore, args: argparse.Namespace, out: TextIO) -> int:
     for line in _table(await store.list(limit=args.limit, task_key=args.task)):
         print(line, file=out)
     return 0
 
 
-async def _show(store: SQLiteStore, args: argparse.Namespace, out: TextIO) -> int:
+async def _show(store: EpisodeStore, args: argparse.Namespace, out: TextIO) -> int:
     record = await store.get(args.episode_id)
     if record is None:
         print(f"{PROG}: no episode {args.episode_id} in {store.path}", file=sys.stderr)
@@ -74,7 +74,7 @@ async def _show(store: SQLiteStore, args: argparse.Namespace, out: TextIO) -> in
     return 0
 
 
-async def _export(store: SQLiteStore, args: argparse.Namespace, out: TextIO) -> int:
+async def _export(store: EpisodeStore, args: argparse.Namespace, out: TextIO) -> int:
     async for episode in store.export():
         out.write(json.dumps(episode, separators=(",", ":")) + "\n")
     return 0
@@ -83,24 +83,24 @@ async def _export(store: SQLiteStore, args: argparse.Namespace, out: TextIO) -> 
 _COMMANDS = {"list": _list, "show": _show, "export": _export}
 
 
-async def _run(path: Path, args: argparse.Namespace, out: TextIO) -> int:
+async def _run(path: Path | str, args: argparse.Namespace, out: TextIO) -> int:
     # create=False: reading must never create, convert or migrate the database it is pointed at.
-    async with await SQLiteStore(path, create=False).open() as store:
+    async with await open_any_store(path, create=False) as store:
         return await _COMMANDS[args.episodes_command](store, args, out)
 
 
-def _guarded(path: Path, args: argparse.Namespace, out: TextIO) -> int:
+def _guarded(path: Path | str, args: argparse.Namespace, out: TextIO) -> int:
     try:
         return anyio.run(_run, path, args, out)
-    except StoreError as exc:  # unreadable, not ours, or from a newer proxy: the message names the file
+    except StoreError as exc:  # unreadable, not ours, or from a newer proxy: names the file (or host and database)
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
 
 
 def run(args: argparse.Namespace) -> int:
     """Exit status: 0 done, 1 no such episode, 2 the database is missing or unusable (or --out unwritable)."""
-    path = Path(args.db)
-    if not path.is_file():
+    path: Path | str = args.db if is_postgres_url(args.db) else Path(args.db)
+    if isinstance(path, Path) and not path.is_file():
         print(f"{PROG}: no episode database at {path} (use --db PATH)", file=sys.stderr)
         return 2
     if not getattr(args, "out", None):

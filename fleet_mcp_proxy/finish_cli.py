@@ -11,7 +11,7 @@ import anyio
 from pydantic import ValidationError
 
 from . import lifecycle
-from .config import ConfigError, ProxyConfig, load_config
+from .config import ConfigError, ProxyConfig, load_config, store_override
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,7 +22,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "process is gone. Safe to run beside a live proxy: it never takes a live process's episodes.",
     )
     finish.add_argument("--config", metavar="FILE", help="the TOML config the proxy ran with")
-    finish.add_argument("--store", metavar="PATH", help="the episode database (default: the config's, or the default)")
+    finish.add_argument(
+        "--store",
+        metavar="URL|PATH",
+        help="the episode store: a postgresql:// URL or a SQLite file (default: the config's, or the default)",
+    )
     finish.add_argument("--config-stdin", action="store_true", help=argparse.SUPPRESS)  # a stopping proxy's finisher
     finish.add_argument("--log-level", default="INFO")
 
@@ -30,7 +34,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 def _config(args: argparse.Namespace) -> ProxyConfig:
     if args.config_stdin:
         return ProxyConfig.model_validate(json.loads(sys.stdin.read()))
-    return load_config(args.config, overrides={"store_path": args.store})
+    return load_config(args.config, store=args.store)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"fleet-mcp-proxy finish: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.store and args.config_stdin:
-        config = config.model_copy(update={"store_path": args.store})
+        config = ProxyConfig.model_validate({**config.model_dump(), **store_override(args.store)})
     return anyio.run(_finish, config)
 
 

@@ -19,22 +19,30 @@ from .ownership import Membership
 from .providers.pool import InstancePool, new_run_id, run_id_for
 from .recorder import Recorder, default_store_path
 from .registry import Registry
-from .store import EpisodeStore, open_store
+from .store import EpisodeStore, StoreError, open_any_store
 
 logger = logging.getLogger(__name__)
 
 
 def store_path(config: ProxyConfig) -> Path:
+    """The SQLite file (the default store), or where local files such as the finisher's log go beside it."""
     return Path(config.store_path) if config.store_path else default_store_path()
 
 
 async def open_episode_store(config: ProxyConfig) -> EpisodeStore | None:
     if not config.record_episodes:
         return None
+    if config.store.url is not None:
+        try:
+            return await open_any_store(config.store.url)  # migrated to this version here, before serving
+        except Exception as exc:  # a StoreError names the host and database, never the password
+            reason = str(exc) if isinstance(exc, StoreError) else type(exc).__name__
+            logger.error("cannot open the episode store: %s; episodes are not recorded", reason)
+            return None
     path = store_path(config)
     try:
         await anyio.Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return await open_store(path)
+        return await open_any_store(path)
     except Exception:  # the record is valuable, but not worth refusing agents over
         logger.exception("cannot open the episode store %s; episodes are not recorded", path)
         return None

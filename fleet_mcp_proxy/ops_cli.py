@@ -25,7 +25,7 @@ from .providers.fleet import FleetProvider
 from .providers.fleet_errors import classify
 from .providers.pool import run_id_for
 from .recorder import default_store_path
-from .store import open_store
+from .store import StoreError, open_any_store, open_store
 from .tasks import TaskFileError, load_tasks
 
 Environments = Callable[[ProxyConfig], Sequence[EnvironmentConfig]]
@@ -123,6 +123,13 @@ async def _tasks(config: ProxyConfig) -> Check:
 async def _store(config: ProxyConfig) -> Check:
     if not config.record_episodes:
         return Check("episode store", None, "recording is off (record_episodes = false)")
+    if config.store.url is not None:
+        try:
+            store = await open_any_store(config.store.url, create=False)
+            await store.aclose()
+        except StoreError as exc:  # names the host and database, never the password
+            return Check("episode store", False, str(exc), "check url under [store] (serve creates the tables)")
+        return Check("episode store", True, store.path)
     path = Path(config.store_path) if config.store_path else default_store_path()
     fix = f"make {path.parent} writable, or set store_path in [proxy]"
     if await anyio.Path(path).exists():
@@ -232,9 +239,9 @@ async def _sweep(args: argparse.Namespace) -> int:
 
 async def _stored_run_id(config: ProxyConfig) -> str | None:
     """The run id every start on this deployment's episode store reuses (none when there is no store yet)."""
-    path = Path(config.store_path) if config.store_path else default_store_path()
+    target = config.store.url or (Path(config.store_path) if config.store_path else default_store_path())
     try:
-        async with await open_store(path, create=False) as store:
+        async with await open_any_store(target, create=False) as store:
             return await store.meta("run_id", None)
     except Exception:  # no store, or not one of ours: the derived default applies
         return None

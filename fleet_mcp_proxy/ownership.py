@@ -60,9 +60,10 @@ class Me:
 class Membership:
     """This process's owner row: registered, renewed while it runs, dropped when it is done."""
 
-    def __init__(self, store: EpisodeStore, me: Me | None = None) -> None:
+    def __init__(self, store: EpisodeStore, me: Me | None = None, address: str | None = None) -> None:
         self.store = store
         self.me = me or Me()
+        self.address = address  # where other replicas reach this one, registered with its row
 
     async def join(self) -> None:
         record = OwnerRecord(
@@ -71,6 +72,7 @@ class Membership:
             pid=self.me.pid,
             started_at=now(),
             lease_until=time.time() + LEASE_SECONDS,
+            address=self.address,
         )
         await self.store.register_owner(record)
 

@@ -3,9 +3,11 @@ import os
 import tempfile
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from canaries import CANARIES
+from pg_cluster import PgCluster, start_cluster
 
 # Every proxy the tests start (in-process or as a child) records episodes here, never in the user's home.
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="fmp-test-state-")
@@ -14,6 +16,28 @@ os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="fmp-test-state-")
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL server for the session (unix socket only); each test takes a fresh database."""
+    try:
+        cluster = start_cluster()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a store behaviour test opens its store: a fresh SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "e.sqlite3"
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return cluster.new_database()
 
 
 class _CanaryWatch(logging.Handler):

@@ -20,10 +20,11 @@ from fleet_mcp_proxy.store import (
     CallRecord,
     DuplicateRecord,
     EpisodeRecord,
+    EpisodeStore,
     InstanceRecord,
     RecordNotFound,
-    SQLiteStore,
     StoreError,
+    open_any_store,
     open_store,
 )
 
@@ -44,7 +45,7 @@ def a_call(n: int, seq: int | None = None) -> CallRecord:
     )
 
 
-async def record_full_episode(store: SQLiteStore, episode_id: str, task_key: str | None = "task-1") -> None:
+async def record_full_episode(store: EpisodeStore, episode_id: str, task_key: str | None = "task-1") -> None:
     await store.open_episode(episode_id, "alice", task_key, T0)
     await store.add_instance(episode_id, "tracker", "local-1", "local", "tracker", T0)
     await store.add_instance(episode_id, "web", "fl-abc", "fleet", "fleet:web@v2", T0 + timedelta(seconds=1))
@@ -93,8 +94,8 @@ def expected_full_episode(episode_id: str, task_key: str | None = "task-1") -> E
 
 
 @pytest.mark.anyio
-async def test_a_full_episode_round_trips(tmp_path: Path) -> None:
-    async with await open_store(tmp_path / "e.sqlite3") as store:
+async def test_a_full_episode_round_trips(store_target: str | Path) -> None:
+    async with await open_any_store(store_target) as store:
         await record_full_episode(store, "0123456789abcdef")
         record = await store.get("0123456789abcdef")
         assert record == expected_full_episode("0123456789abcdef")
@@ -115,18 +116,17 @@ async def test_wal_mode_and_schema_version(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_records_survive_a_restart(tmp_path: Path) -> None:
-    db = tmp_path / "e.sqlite3"
-    async with await open_store(db) as store:
+async def test_records_survive_a_restart(store_target: str | Path) -> None:
+    async with await open_any_store(store_target) as store:
         await record_full_episode(store, "0123456789abcdef")
-    async with await open_store(db) as store:
+    async with await open_any_store(store_target) as store:
         assert await store.get("0123456789abcdef") == expected_full_episode("0123456789abcdef")
         assert await store.add_call("0123456789abcdef", a_call(4)) == 4  # numbering carries on
 
 
 @pytest.mark.anyio
-async def test_writes_that_break_the_rules_are_refused(tmp_path: Path) -> None:
-    async with await open_store(tmp_path / "e.sqlite3") as store:
+async def test_writes_that_break_the_rules_are_refused(store_target: str | Path) -> None:
+    async with await open_any_store(store_target) as store:
         await store.open_episode("a" * 16, "alice", None, T0)
         with pytest.raises(DuplicateRecord):
             await store.open_episode("a" * 16, "bob", None, T0)
@@ -145,8 +145,8 @@ async def test_writes_that_break_the_rules_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_a_cancelled_caller_still_records_its_call(tmp_path: Path) -> None:
-    async with await open_store(tmp_path / "e.sqlite3") as store:
+async def test_a_cancelled_caller_still_records_its_call(store_target: str | Path) -> None:
+    async with await open_any_store(store_target) as store:
         await store.open_episode("a" * 16, "alice", None, T0)
         with anyio.CancelScope() as scope:
             scope.cancel()  # e.g. the episode's task group is being torn down as the call finishes
@@ -261,8 +261,8 @@ async def test_a_writer_killed_mid_stream_loses_at_most_the_call_in_flight(tmp_p
 
 
 @pytest.mark.anyio
-async def test_export_round_trips_through_json_lines(tmp_path: Path) -> None:
-    async with await open_store(tmp_path / "e.sqlite3") as store:
+async def test_export_round_trips_through_json_lines(store_target: str | Path) -> None:
+    async with await open_any_store(store_target) as store:
         await record_full_episode(store, "0123456789abcdef")
         # More than one export page, with start times shared across page boundaries.
         ids = [f"{i:016x}" for i in range(1, 251)]
@@ -281,8 +281,8 @@ async def test_export_round_trips_through_json_lines(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_list_filters_and_pages_newest_first(tmp_path: Path) -> None:
-    async with await open_store(tmp_path / "e.sqlite3") as store:
+async def test_list_filters_and_pages_newest_first(store_target: str | Path) -> None:
+    async with await open_any_store(store_target) as store:
         for i in range(7):
             episode_id = f"{i:016x}"
             await store.open_episode(episode_id, "alice", f"task-{i % 2}", T0 + timedelta(minutes=i))
@@ -308,9 +308,9 @@ async def test_list_filters_and_pages_newest_first(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_concurrent_writers_keep_every_call(tmp_path: Path) -> None:
+async def test_concurrent_writers_keep_every_call(store_target: str | Path) -> None:
     episodes, tasks, calls = ["e" * 16, "f" * 16], 12, 15
-    async with await open_store(tmp_path / "e.sqlite3") as store:
+    async with await open_any_store(store_target) as store:
         for episode_id in episodes:
             await store.open_episode(episode_id, "alice", None, T0)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from fleet_mcp_proxy.store import SCHEMA_VERSION, open_store
+from fleet_mcp_proxy.store import SCHEMA_VERSION, open_any_store, open_store
 from fleet_mcp_proxy.store.records import OwnerRecord
 from fleet_mcp_proxy.store.schema import MIGRATIONS
 
@@ -21,8 +21,8 @@ OTHER = {"status": "final", "reward": 0.0, "failure_reason": None}
 VERIFIER = {"stdout": "", "error": None, "attempts": 1}
 
 
-async def test_an_end_moves_forward_and_carries_what_grading_needs(tmp_path: Path) -> None:
-    async with await open_store(tmp_path / "e.sqlite3") as store:
+async def test_an_end_moves_forward_and_carries_what_grading_needs(store_target: str | Path) -> None:
+    async with await open_any_store(store_target) as store:
         await store.open_episode("e1", "alice", "task-1", T0, owner="me")
         await store.add_instance("e1", "web", "inst-1", "fleet", "web", T0, url="https://x/mcp", expires_at=1e10)
         (pending,) = await store.unfinished()
@@ -54,8 +54,8 @@ async def test_an_end_moves_forward_and_carries_what_grading_needs(tmp_path: Pat
         assert record.reward == FINAL
 
 
-async def test_exactly_one_of_many_racing_claims_wins(tmp_path: Path) -> None:
-    async with await open_store(tmp_path / "e.sqlite3") as store, await open_store(tmp_path / "e.sqlite3") as twin:
+async def test_exactly_one_of_many_racing_claims_wins(store_target: str | Path) -> None:
+    async with await open_any_store(store_target) as store, await open_any_store(store_target) as twin:
         await store.open_episode("e1", "alice", None, T0, owner="dead")
         wins: list[str] = []
 
@@ -72,12 +72,14 @@ async def test_exactly_one_of_many_racing_claims_wins(tmp_path: Path) -> None:
         assert await twin.claim("e1", "late", None)  # an unowned row is claimed with expected None
 
 
-async def test_owners_and_meta(tmp_path: Path) -> None:
-    async with await open_store(tmp_path / "e.sqlite3") as store:
-        owner = OwnerRecord(owner_id="o1", host="h", pid=1, started_at=T0, lease_until=10.0)
+async def test_owners_and_meta(store_target: str | Path) -> None:
+    async with await open_any_store(store_target) as store:
+        owner = OwnerRecord(owner_id="o1", host="h", pid=1, started_at=T0, lease_until=10.0, address="http://h:8000")
         await store.register_owner(owner)
         await store.renew_owner("o1", 20.0)
-        assert [(o.owner_id, o.lease_until) for o in await store.owners()] == [("o1", 20.0)]
+        assert [(o.owner_id, o.lease_until, o.address) for o in await store.owners()] == [("o1", 20.0, "http://h:8000")]
+        await store.register_owner(OwnerRecord(owner_id="o1", host="h", pid=2, started_at=T0, lease_until=30.0))
+        assert [(o.pid, o.lease_until, o.address) for o in await store.owners()] == [(2, 30.0, None)]  # replaced
         await store.drop_owner("o1")
         assert await store.owners() == []
         assert await store.meta("run_id", None) is None

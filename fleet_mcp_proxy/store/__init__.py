@@ -1,5 +1,6 @@
-"""Durable episode records for RL training: what is kept, the `EpisodeStore` interface, and SQLite."""
+"""Durable episode records for RL training: what is kept, the `EpisodeStore` interface, SQLite and PostgreSQL."""
 
+from .opening import is_postgres_url, open_any_store
 from .records import (
     CallRecord,
     DuplicateRecord,
@@ -29,6 +30,8 @@ __all__ = [
     "RecordNotFound",
     "SQLiteStore",
     "StoreError",
+    "is_postgres_url",
+    "open_any_store",
     "open_store",
     "to_iso",
 ]

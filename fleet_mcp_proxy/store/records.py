@@ -6,7 +6,8 @@ import builtins
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self
 
 Provider = Literal["local", "fleet"]
 JSONObject = dict[str, Any]
@@ -192,10 +193,13 @@ class OwnerRecord:
     pid: int
     started_at: datetime
     lease_until: float  # epoch seconds
+    address: str | None = None  # where other replicas reach it (e.g. http://10.0.0.5:8000), if it serves
 
 
 class EpisodeStore(Protocol):
-    """Where episodes are recorded. SQLite now; a server database when several proxy replicas share one."""
+    """Where episodes are recorded: SQLite embedded, or PostgreSQL when several proxy replicas share one."""
+
+    path: str  # where the store is, fit to print: a file, or postgresql://HOST:PORT/DB (never a password)
 
     async def open_episode(
         self,
@@ -269,3 +273,5 @@ class EpisodeStore(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None: ...

@@ -1,17 +1,22 @@
-"""SQLite rows back into records (the columns are those of the schema in `sqlite.py`)."""
+"""Database rows back into records (the columns of `schema.py`; SQLite rows and asyncpg records alike)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from .records import CallRecord, InstanceRecord, JSONObject, OwnerRecord, PendingEnd, PendingInstance, from_iso
 
 
-def episode_fields(row: sqlite3.Row) -> dict[str, Any]:
+class Row(Protocol):
+    """A row read by column name: `sqlite3.Row` and `asyncpg.Record` both are."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def episode_fields(row: Row) -> dict[str, Any]:
     return {
         "episode_id": row["id"],
         "principal": row["principal"],
@@ -30,7 +35,7 @@ def json_object(text: str | None) -> JSONObject | None:
     return None if text is None else cast(JSONObject, json.loads(text))
 
 
-def instance_of(row: sqlite3.Row) -> InstanceRecord:
+def instance_of(row: Row) -> InstanceRecord:
     return InstanceRecord(
         alias=row["alias"],
         instance_id=row["instance_id"],
@@ -41,7 +46,7 @@ def instance_of(row: sqlite3.Row) -> InstanceRecord:
     )
 
 
-def call_of(row: sqlite3.Row) -> CallRecord:
+def call_of(row: Row) -> CallRecord:
     return CallRecord(
         seq=row["seq"],
         tool=row["tool"],
@@ -53,17 +58,18 @@ def call_of(row: sqlite3.Row) -> CallRecord:
     )
 
 
-def owner_of(row: sqlite3.Row) -> OwnerRecord:
+def owner_of(row: Row) -> OwnerRecord:
     return OwnerRecord(
         owner_id=row["id"],
         host=row["host"],
         pid=row["pid"],
         started_at=from_iso(row["started_at"]),
         lease_until=row["lease_until"],
+        address=row["address"],
     )
 
 
-def pending_ends(episodes: Iterable[sqlite3.Row], instances: Iterable[sqlite3.Row]) -> list[PendingEnd]:
+def pending_ends(episodes: Iterable[Row], instances: Iterable[Row]) -> list[PendingEnd]:
     """Unfinished episode rows with their unreleased instances."""
     held: dict[str, list[PendingInstance]] = {}
     for row in instances:

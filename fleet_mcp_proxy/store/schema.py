@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Version 1: the episode record.
 _V1 = (
@@ -39,4 +39,7 @@ _V2 = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)  # MIGRATIONS[n - 1] takes a store to version n
+# Version 3: where each owner can be reached by other replicas (forwarding to the owner of an episode).
+_V3 = ("ALTER TABLE owners ADD COLUMN address TEXT",)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)  # MIGRATIONS[n - 1] takes a store to version n

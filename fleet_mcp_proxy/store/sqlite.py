@@ -260,8 +260,8 @@ class SQLiteStore:
         return len(rows)
 
     async def register_owner(self, owner: OwnerRecord) -> None:
-        sql = "INSERT OR REPLACE INTO owners (id, host, pid, started_at, lease_until) VALUES (?, ?, ?, ?, ?)"
-        params = (owner.owner_id, owner.host, owner.pid, to_iso(owner.started_at), owner.lease_until)
+        sql = "INSERT OR REPLACE INTO owners (id, host, pid, started_at, lease_until, address) VALUES (?,?,?,?,?,?)"
+        params = (owner.owner_id, owner.host, owner.pid, to_iso(owner.started_at), owner.lease_until, owner.address)
         await self._write("", sql, params, must_change=False)
 
     async def renew_owner(self, owner_id: str, lease_until: float) -> None:
