@@ -59,7 +59,7 @@ _SET_STATE = """UPDATE episodes SET state = $1, closed_at = COALESCE($2, closed_
     WHERE id = $3 AND state <> 'closed' RETURNING id"""
 # A concurrent second grader waits on the row lock, then re-reads `reward IS NULL` as false: one grade wins.
 _GRADE = """UPDATE episodes SET reward = $1, verifier = $2, graded_at = $3,
-    state = CASE WHEN state IN ('live', 'ending', 'verifying') THEN 'graded' ELSE state END
+    state = CASE WHEN state IN ('ending', 'verifying') THEN 'graded' ELSE state END
     WHERE id = $4 AND reward IS NULL RETURNING id"""
 _CLAIM = """UPDATE episodes SET owner = $1 WHERE id = $2 AND state <> 'closed'
     AND owner IS NOT DISTINCT FROM $3 RETURNING id"""
