@@ -38,7 +38,12 @@ def live(emu: Emulator, run_id: str) -> list[Any]:
 
 
 def fleet_calls(emu: Emulator) -> int:
-    return sum(n for key, n in emu.state.request_counts.items() if key.split(" ", 1)[1].startswith("/v1/"))
+    """Control-plane calls made by provisioning. Heartbeats (on by default) keep leases apart from the breaker."""
+    return sum(
+        n
+        for key, n in emu.state.request_counts.items()
+        if key.split(" ", 1)[1].startswith("/v1/") and not key.endswith("/heartbeat")
+    )
 
 
 def text_of(result: t.CallToolResult) -> str:
@@ -77,7 +82,7 @@ async def test_r4_every_episode_provisions_while_30_percent_of_fleet_calls_answe
         config, run_id = fleet_config(emu, max_retries=6)
         async with proxy_http(config) as proxy:
             started = anyio.current_time()
-            with anyio.fail_after(150):
+            with anyio.fail_after(330):  # about 65 s alone on a quiet 2-core machine
                 results = await many(proxy.url, sessions)
             elapsed = anyio.current_time() - started
             errors = [text_of(r) for r in results if r.is_error]
