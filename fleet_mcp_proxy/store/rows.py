@@ -7,7 +7,16 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol, cast
 
-from .records import CallRecord, InstanceRecord, JSONObject, OwnerRecord, PendingEnd, PendingInstance, from_iso
+from .records import (
+    CallRecord,
+    EpisodeRecord,
+    InstanceRecord,
+    JSONObject,
+    OwnerRecord,
+    PendingEnd,
+    PendingInstance,
+    from_iso,
+)
 
 
 class Row(Protocol):
@@ -97,3 +106,19 @@ def pending_ends(episodes: Iterable[Row], instances: Iterable[Row]) -> list[Pend
         )
         for row in episodes
     ]
+
+
+def record_of(row: Any, instances: Iterable[Any], calls: Iterable[Any]) -> EpisodeRecord:
+    """One episode row with its instance and call rows, as either store reads them."""
+    return EpisodeRecord(
+        **episode_fields(row),
+        answer=row["answer"],
+        submitted_at=time_of(row["submitted_at"]),
+        reward=json_object(row["reward"]),
+        verifier=json_object(row["verifier"]),
+        instances=tuple(instance_of(i) for i in instances),
+        calls=tuple(call_of(c) for c in calls),
+        state=row["state"],
+        graded_at=time_of(row["graded_at"]),
+        closed_at=time_of(row["closed_at"]),
+    )

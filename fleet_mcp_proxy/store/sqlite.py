@@ -30,7 +30,7 @@ from .records import (
     StoreError,
     to_iso,
 )
-from .rows import call_of, episode_fields, instance_of, json_object, owner_of, pending_ends, time_of
+from .rows import episode_fields, json_object, owner_of, pending_ends, record_of
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
 # One statement, so numbering is atomic even if another connection writes the same file.
@@ -310,19 +310,7 @@ class SQLiteStore:
                 await db.execute("COMMIT")
         if not episode:
             return None
-        row = episode[0]
-        return EpisodeRecord(
-            **episode_fields(row),
-            answer=row["answer"],
-            submitted_at=time_of(row["submitted_at"]),
-            reward=json_object(row["reward"]),
-            verifier=json_object(row["verifier"]),
-            instances=tuple(instance_of(row) for row in instances),
-            calls=tuple(call_of(row) for row in calls),
-            state=row["state"],
-            graded_at=time_of(row["graded_at"]),
-            closed_at=time_of(row["closed_at"]),
-        )
+        return record_of(episode[0], instances, calls)
 
     async def list(
         self, limit: int = 50, offset: int = 0, task_key: str | None = None
