@@ -301,6 +301,7 @@ class Episode:
             url=url,
             data_dir=data_dir,
             expires_at=instance.expires_at,
+            origin=instance.origin,
         )
         if self.end_state in ("releasing", "closed", "pending"):  # too late to use: it must not outlive the episode
             await link.stop(self._end_timeout)

@@ -64,4 +64,10 @@ async def _finish(config: ProxyConfig) -> int:
         await runtime.recorder.close(10.0)
         tg.cancel_scope.cancel()
     print(f"finish: {len(report.finished)} episode(s) finished, {len(report.left)} left unfinished", file=sys.stderr)
+    if report.foreign:
+        print(
+            f"finish: {len(report.foreign)} episode(s) hold instances of another Fleet account or host; "
+            "run finish with that account's config",
+            file=sys.stderr,
+        )
     return 0 if not report.left else 1

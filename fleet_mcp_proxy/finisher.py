@@ -33,13 +33,21 @@ _CONCURRENCY = 16
 class FinishReport:
     finished: list[str] = field(default_factory=list)
     left: list[str] = field(default_factory=list)  # still unfinished (a release that did not go through)
+    # Not ours to finish: an instance lives in another account (or host) than this process reaches.
+    foreign: list[str] = field(default_factory=list)
 
 
 def _instance(pending: PendingInstance) -> Instance:
     target = HttpTarget(pending.url or "")
     data_dir = Path(pending.data_dir) if pending.data_dir else None
     return Instance(
-        pending.alias, pending.instance_id, pending.provider, target, data_dir=data_dir, expires_at=pending.expires_at
+        pending.alias,
+        pending.instance_id,
+        pending.provider,
+        target,
+        data_dir=data_dir,
+        expires_at=pending.expires_at,
+        origin=pending.origin,
     )
 
 
@@ -66,6 +74,9 @@ class Finisher:
         async with anyio.create_task_group() as tg:
             for pending in await self.store.unfinished():
                 if pending.episode_id in skip or not await self.membership.dead_or_none(pending.owner):
+                    continue
+                if not all(self.pool.can_finish(i.provider, i.origin) for i in pending.instances):
+                    report.foreign.append(pending.episode_id)
                     continue
                 if await self.store.claim(pending.episode_id, self.membership.me.owner_id, pending.owner):
                     tg.start_soon(one, pending)

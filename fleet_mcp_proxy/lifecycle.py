@@ -104,6 +104,12 @@ async def recover(runtime: Runtime) -> None:
                     len(report.finished),
                     len(report.left),
                 )
+            if report.foreign:
+                logger.warning(
+                    "%d unfinished episode(s) in this store hold instances of another Fleet account or host; "
+                    "left for a proxy configured with that account (`fleet-mcp-proxy finish` with its config)",
+                    len(report.foreign),
+                )
         store, membership = runtime.recorder.store, runtime.membership
         reason, among = "left by an earlier run of this deployment", runtime.found_at_start
         if store is None or membership is None:

@@ -48,10 +48,10 @@ def write_task(tmp_path: Path, slow: float) -> Path:
     return marker
 
 
-def write_config(tmp_path: Path, base_url: str, **proxy: Any) -> Path:
+def write_config(tmp_path: Path, base_url: str, name: str = "proxy.toml", **proxy: Any) -> Path:
     settings = {"store_path": str(tmp_path / "episodes.sqlite3"), "tasks_file": str(tmp_path / "tasks.json"), **proxy}
     lines = ["[proxy]", *(f"{k} = {json.dumps(v)}" for k, v in settings.items()), "[fleet]", f'base_url = "{base_url}"']
-    path = tmp_path / "proxy.toml"
+    path = tmp_path / name
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

@@ -230,3 +230,39 @@ async def test_a_client_that_only_lists_tools_creates_no_instance(tmp_path: Path
                     async with http_client(url) as client:
                         assert "list_projects" in [t.name for t in (await client.list_tools()).tools]
         assert (await emulator_state(base_url))["instances"] == creates, "listing tools created no instance"
+
+
+async def test_a_store_shared_with_another_fleet_account_leaves_that_accounts_ends_to_it(tmp_path: Path) -> None:
+    # Two deployments on one store file (the default path is per user, not per config): B's startup must not
+    # grade or "release" A's pending end through B's Fleet, where A's instance does not exist.
+    write_task(tmp_path, slow=10.0)
+    db, log = tmp_path / "episodes.sqlite3", tmp_path / "proxy.log"
+    async with emulator_process() as base_a, emulator_process() as base_b:
+        config_a = write_config(tmp_path, base_a, "a.toml", verify_timeout=60, shutdown_grace=4.0, finisher=False)
+        config_b = write_config(tmp_path, base_b, "b.toml", verify_timeout=60, shutdown_grace=4.0, finisher=False)
+        async with proxy_process(config_a, log) as (proc, url):
+            with anyio.fail_after(60):
+                async with http_client(f"{url}?task={TASK}&episode=a", "2026-07-28") as client:
+                    await _create_issue(client)
+                    await client.call_tool("submit_final_answer", {"answer": "slow"})
+            proc.send_signal(signal.SIGTERM)
+            await anyio.to_thread.run_sync(proc.wait, 60)
+        (held,) = await live_instances(base_a)
+        async with proxy_process(config_b, log):
+            # Its startup recovery has run once it says what it finished or left alone.
+            await _until(lambda: _says(log, "hold instances of another Fleet account", "a previous process left"))
+        (pending,) = (await records(db)).values()
+        assert pending["state"] != "closed" and pending["reward"] is None
+        assert [i["instance_id"] for i in await live_instances(base_a)] == [held["instance_id"]]
+        counts = (await emulator_state(base_b))["request_counts"]
+        assert not [key for key in counts if held["instance_id"] in key or "verif" in key], counts
+        async with proxy_process(config_a, log):  # A's own next start finishes it
+            done = await wait_closed(db, 1, timeout=120)
+        await _until(lambda: _none_live(base_a))
+    (episode,) = done.values()
+    assert episode["reward"]["reward"] == 1.0 and episode["reward"]["trigger"] == "submit"
+
+
+async def _says(log: Path, *texts: str) -> bool:
+    written = await anyio.Path(log).read_text(encoding="utf-8")
+    return any(text in written for text in texts)

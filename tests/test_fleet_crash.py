@@ -53,6 +53,7 @@ async def proxy_process(config: Path, log: Path) -> AsyncIterator[tuple[subproce
         async def drain() -> None:  # keep the pipe flowing; the log helps when a test fails
             while line := await anyio.to_thread.run_sync(proc.stderr.readline, abandon_on_cancel=True):  # type: ignore[union-attr]
                 sink.write(line)
+                sink.flush()  # read by tests while the proxy runs
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(drain)

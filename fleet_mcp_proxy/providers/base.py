@@ -47,6 +47,7 @@ class Instance:
     expires_at: float | None = None  # epoch seconds when the platform stops it whatever happens (its TTL)
     # More MCP endpoints of the same instance whose tools are unioned after `target`'s (first name wins).
     union: tuple[Target, ...] = ()
+    origin: str | None = None  # the account it lives in (`origin.py`), recorded so only that account finishes it
 
 
 class ProvisionError(Exception):

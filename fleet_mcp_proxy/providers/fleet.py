@@ -34,6 +34,7 @@ from .fleet_errors import Kind, classify
 from .fleet_leases import lease_lost
 from .fleet_transport import GuardedTransport
 from .leases import Beat, LeaseLost
+from .origin import fleet_origin
 
 logger = logging.getLogger(__name__)
 CREATE_TAG = "FMP_CREATE_ID"  # marks which create made an instance, to reconcile lost responses
@@ -232,6 +233,7 @@ class FleetProvider:
             endpoints[0],
             expires_at=_created(made) + ttl,  # the platform counts the TTL from the create
             union=tuple(endpoints[1:]),
+            origin=fleet_origin(self.settings.base_url, self.settings.api_key),
         )
 
     async def ready(self, instance: Instance, deadline: float) -> None:

@@ -12,6 +12,7 @@ import anyio
 
 from ..config import EnvironmentConfig
 from .base import HttpTarget, Instance, StdioTarget
+from .origin import local_origin
 
 INSTANCE_DIR = "{instance_dir}"
 
@@ -32,7 +33,8 @@ class LocalProvider:
     async def provision(self, env: EnvironmentConfig, episode_id: str) -> Instance:
         instance_id = f"local-{env.name}-{uuid.uuid4().hex[:12]}"
         if env.url is not None:
-            return Instance(env.name, instance_id, self.name, HttpTarget(env.url, dict(env.headers)))
+            remote = HttpTarget(env.url, dict(env.headers))
+            return Instance(env.name, instance_id, self.name, remote, origin=local_origin())
         assert env.command is not None
         data_dir: Path | None = None
         parts = [*env.command, *env.env.values(), env.cwd or ""]
@@ -53,7 +55,7 @@ class LocalProvider:
             env={k: fill(v) for k, v in env.env.items()},
             cwd=fill(env.cwd) if env.cwd else None,
         )
-        return Instance(env.name, instance_id, self.name, target, data_dir)
+        return Instance(env.name, instance_id, self.name, target, data_dir, origin=local_origin())
 
     async def delete(self, instance: Instance) -> None:
         """Remove the instance directory; the process itself is stopped by its backend link."""

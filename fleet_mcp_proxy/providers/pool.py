@@ -18,6 +18,7 @@ from .base import HttpTarget, Instance, ProvisionError
 from .fleet import FleetProvider
 from .leases import Delete, LeaseKeeper
 from .local import LocalProvider
+from .origin import fleet_origin, local_origin
 from .warm import WarmPool
 
 if TYPE_CHECKING:
@@ -131,6 +132,19 @@ class InstancePool:
     def _release_fleet(self, instance: Instance) -> None:
         if self.fleet is not None:
             self.keeper.release(instance, self.fleet.delete)
+
+    def origin(self, provider: str) -> str | None:
+        """The account this process reaches for `provider`; None when it has none (no Fleet configured)."""
+        if provider == "fleet":
+            return fleet_origin(self.fleet.settings.base_url, self.fleet.settings.api_key) if self.fleet else None
+        return local_origin()
+
+    def can_finish(self, provider: str, origin: str | None) -> bool:
+        """Whether this process may grade against and release an instance recorded with `origin`.
+
+        Rows written before origins were recorded (None) are taken by any process with that provider."""
+        mine = self.origin(provider)
+        return mine is not None and (origin is None or origin == mine)
 
     def _deleter(self, instance: Instance) -> Delete:
         if instance.provider == "fleet" and self.fleet is not None:

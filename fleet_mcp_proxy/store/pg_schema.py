@@ -46,4 +46,7 @@ _V2 = (
 # Version 3: where each owner can be reached by other replicas.
 _V3 = ("ALTER TABLE owners ADD COLUMN address TEXT",)
 
-PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)  # PG_MIGRATIONS[n - 1] takes a store to version n
+# Version 4: which account an instance lives in (see `schema.py`).
+_V4 = ("ALTER TABLE instances ADD COLUMN origin TEXT",)
+
+PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)  # PG_MIGRATIONS[n - 1] takes a store to version n

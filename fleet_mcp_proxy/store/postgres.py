@@ -220,10 +220,11 @@ class PostgresStore:
         url: str | None = None,
         data_dir: str | None = None,
         expires_at: float | None = None,
+        origin: str | None = None,
     ) -> None:
         sql = """INSERT INTO instances (episode_id, instance_id, alias, provider, spec, created_at, url, data_dir,
-            expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING position"""
-        params = (episode_id, instance_id, alias, provider, spec, to_iso(created_at), url, data_dir, expires_at)
+            expires_at, origin) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING position"""
+        params = (episode_id, instance_id, alias, provider, spec, to_iso(created_at), url, data_dir, expires_at, origin)
         await self._write(episode_id, sql, *params)
 
     async def instance_released(self, episode_id: str, instance_id: str, released_at: datetime) -> None:

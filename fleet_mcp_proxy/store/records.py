@@ -167,6 +167,7 @@ class PendingInstance:
     url: str | None = None
     data_dir: str | None = None
     expires_at: float | None = None  # epoch seconds
+    origin: str | None = None  # the account it lives in (`providers.origin`); None on rows from before v4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,6 +223,7 @@ class EpisodeStore(Protocol):
         url: str | None = None,
         data_dir: str | None = None,
         expires_at: float | None = None,
+        origin: str | None = None,
     ) -> None: ...
     async def instance_released(self, episode_id: str, instance_id: str, released_at: datetime) -> None: ...
     async def add_call(self, episode_id: str, call: CallRecord) -> int:

@@ -90,6 +90,7 @@ def pending_ends(episodes: Iterable[Row], instances: Iterable[Row]) -> list[Pend
                 url=row["url"],
                 data_dir=row["data_dir"],
                 expires_at=row["expires_at"],
+                origin=row["origin"],
             )
         )
     return [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Version 1: the episode record.
 _V1 = (
@@ -42,4 +42,8 @@ _V2 = (
 # Version 3: where each owner can be reached by other replicas (forwarding to the owner of an episode).
 _V3 = ("ALTER TABLE owners ADD COLUMN address TEXT",)
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)  # MIGRATIONS[n - 1] takes a store to version n
+# Version 4: which account an instance lives in, so that only a process holding that account's credentials
+# finishes its episode (two deployments may share one store file).
+_V4 = ("ALTER TABLE instances ADD COLUMN origin TEXT",)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)  # MIGRATIONS[n - 1] takes a store to version n

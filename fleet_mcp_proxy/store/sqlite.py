@@ -190,10 +190,11 @@ class SQLiteStore:
         url: str | None = None,
         data_dir: str | None = None,
         expires_at: float | None = None,
+        origin: str | None = None,
     ) -> None:
         sql = """INSERT INTO instances (episode_id, instance_id, alias, provider, spec, created_at, url, data_dir,
-            expires_at) VALUES (?,?,?,?,?,?,?,?,?)"""
-        params = (episode_id, instance_id, alias, provider, spec, to_iso(created_at), url, data_dir, expires_at)
+            expires_at, origin) VALUES (?,?,?,?,?,?,?,?,?,?)"""
+        params = (episode_id, instance_id, alias, provider, spec, to_iso(created_at), url, data_dir, expires_at, origin)
         await self._write(episode_id, sql, params)
 
     async def instance_released(self, episode_id: str, instance_id: str, released_at: datetime) -> None:
