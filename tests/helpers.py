@@ -95,14 +95,26 @@ async def proxy_http(config: ProxyConfig) -> AsyncIterator[RunningProxy]:
     sock.listen(128)  # connections queue until uvicorn accepts: no polling for readiness
     uv = uvicorn.Server(uvicorn_config(app, config))  # what `serve` runs: header deadline, concurrency cap
     uv.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    served = anyio.Event()
+
+    async def serve() -> None:
+        try:
+            await uv.serve([sock])
+        finally:
+            served.set()
+
     async with anyio.create_task_group() as tg:
-        tg.start_soon(uv.serve, [sock])
+        tg.start_soon(serve)
         with anyio.fail_after(30):
             await holder.started.wait()
         try:
             yield RunningProxy(f"http://127.0.0.1:{sock.getsockname()[1]}/mcp", holder)
         finally:
+            # A graceful shutdown (episodes ended, instances released) even when the body failed: otherwise
+            # the task group would cancel uvicorn halfway and releases would outlive the test.
             uv.should_exit = True
+            with anyio.CancelScope(shield=True), anyio.move_on_after(config.shutdown_grace + 10):
+                await served.wait()
 
 
 def config_with(*envs: str, **proxy: Any) -> ProxyConfig:

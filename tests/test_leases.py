@@ -119,3 +119,50 @@ async def test_the_released_ids_kept_for_idempotency_are_bounded() -> None:
         keeper.release(_instance(1), delete)  # forgotten (only 3 kept): deleted again, harmlessly
         assert await keeper.drain(30)
     assert deleted == ["inst-1", "inst-2", "inst-3", "inst-4", "inst-5", "inst-1"]
+
+
+@pytest.mark.anyio
+async def test_a_failed_heartbeat_is_retried_soon_enough_to_beat_the_platforms_deadline() -> None:
+    # The platform stops an instance `ttl` after its last accepted beat; beats come every ttl / 2. Retried a
+    # whole interval later, one failed beat (a 503) lands the next one on the deadline: the instance is gone.
+    ttl = 10.0
+    calls: list[float] = []
+    accepted = anyio.Event()
+
+    async def first_fails(instance: Instance) -> Beat:
+        calls.append(anyio.current_time())
+        if len(calls) == 1:
+            raise ConnectionError("503")
+        accepted.set()
+        return Beat()
+
+    async with anyio.create_task_group() as tg:
+        start = anyio.current_time()
+        LeaseKeeper(tg).hold(_instance(), heartbeat=first_fails, ttl=ttl)
+        with anyio.fail_after(3 * ttl):
+            await accepted.wait()
+        tg.cancel_scope.cancel()
+    # The retry waits 0.5 s after a failure at ttl / 2: half a TTL (10x the wait) of slack is left.
+    assert calls[1] - start < ttl, f"accepted {calls[1] - start:.1f} s after the last beat; the platform stopped it"
+
+
+@pytest.mark.anyio
+async def test_the_first_beat_counts_from_the_create_not_from_its_late_answer() -> None:
+    # A create may answer long after the platform made the instance (it waits for it to run): the lease, and
+    # so the first beat, count from when the create was sent.
+    ttl = 20.0  # beats every 10 s
+    beaten = anyio.Event()
+    at: list[float] = []
+
+    async def beat(instance: Instance) -> Beat:
+        at.append(anyio.current_time())
+        beaten.set()
+        return Beat()
+
+    async with anyio.create_task_group() as tg:
+        start = anyio.current_time()
+        LeaseKeeper(tg).hold(_instance(), heartbeat=beat, ttl=ttl, since=start - 9.0)  # answered 9 s late
+        with anyio.fail_after(2 * ttl):
+            await beaten.wait()
+        tg.cancel_scope.cancel()
+    assert at[0] - start < 6.0, f"first beat {at[0] - start:.1f} s after the answer; it was due 1 s after it"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -90,15 +91,21 @@ class LeaseKeeper:
         heartbeat: Heartbeat | None = None,
         ttl: float | None = None,
         on_lost: Callable[[str], None] | None = None,
+        since: float | None = None,
     ) -> None:
-        """Keep `instance` alive from now on (heartbeats start at once, before readiness)."""
+        """Keep `instance` alive from now on (heartbeats start at once, before readiness).
+
+        `since`: when the create was sent (anyio clock). The platform counts the lease from the create, and a
+        create can take long to answer (it waits for the instance), so the first beat is due that much sooner.
+        """
         lease = _Lease(instance, on_lost)
         if telemetry.ON and instance.instance_id not in self._leases:
             telemetry.instances_changed(1, instance.provider)
         self._leases[instance.instance_id] = lease
         if heartbeat is not None and ttl is not None:
-            lease.deadline = anyio.current_time() + ttl  # the create counts as the first beat
-            self._tg.start_soon(self._beat, lease, heartbeat, ttl)
+            since = anyio.current_time() if since is None else since
+            lease.deadline = since + ttl  # the create counts as the first beat
+            self._tg.start_soon(self._beat, lease, heartbeat, ttl, since)
 
     def rebind(self, instance: Instance, on_lost: Callable[[str], None] | None) -> bool:
         """Hand a held lease to a new owner (a warm instance taken by an episode); False if it was lost."""
@@ -173,18 +180,21 @@ class LeaseKeeper:
             if self._pending == 0:
                 self._idle.set()
 
-    async def _beat(self, lease: _Lease, heartbeat: Heartbeat, ttl: float) -> None:
+    async def _beat(self, lease: _Lease, heartbeat: Heartbeat, ttl: float, since: float) -> None:
         interval = beat_interval(ttl)
-        last_ok = anyio.current_time()
+        last_ok = since
+        wait, failures = max(0.0, since + interval - anyio.current_time()), 0
         while True:
-            with anyio.move_on_after(interval):
+            with anyio.move_on_after(wait):
                 await lease.stop.wait()
             if lease.stop.is_set():
                 return
             try:
+                # One beat may not eat the slack the lease has left: the platform stops it at last_ok + ttl.
+                attempt = max(1.0, min(interval / 3, 10.0))
                 with (
                     telemetry.heartbeat(lease.instance.alias, lease.instance.instance_id),
-                    anyio.fail_after(interval),
+                    anyio.fail_after(attempt),
                 ):
                     beat = await heartbeat(lease.instance)
             except LeaseLost as lost:
@@ -194,11 +204,15 @@ class LeaseKeeper:
                 if anyio.current_time() - last_ok > ttl:
                     self._lose(lease, f"no heartbeat was accepted for {ttl:g} s")
                     return
+                # Soon, not a whole interval later: after one missed beat the next due one is the deadline.
+                failures += 1
+                wait = min(interval / 3, 0.5 * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)
                 logger.warning("heartbeat for %s failed; retrying", lease.instance.instance_id)
                 continue
-            last_ok = anyio.current_time()
+            last_ok, wait, failures = anyio.current_time(), interval, 0
             if beat.ttl is not None and math.isfinite(beat.ttl) and beat.ttl > 0:
                 ttl, interval = beat.ttl, beat_interval(beat.ttl)
+                wait = interval
             lease.deadline = last_ok + ttl
 
     def _lose(self, lease: _Lease, reason: str) -> None:

@@ -119,9 +119,12 @@ class InstancePool:
 
     async def _provision_fleet(self, env: EnvironmentConfig, on_lost: Callable[[str], None] | None) -> Instance:
         assert self.fleet is not None
+        sent = anyio.current_time()
         instance = await self.fleet.provision(env, env.name)
-        # Heartbeats start as soon as the create returns, before the (possibly slow) readiness wait.
-        self.keeper.hold(instance, heartbeat=self.fleet.heartbeat, ttl=self.fleet.ttl_of(env), on_lost=on_lost)
+        # Heartbeats start as soon as the create returns, before the (possibly slow) readiness wait; the lease
+        # counts from the create's sending, not its (possibly much later) answer.
+        ttl = self.fleet.ttl_of(env)
+        self.keeper.hold(instance, heartbeat=self.fleet.heartbeat, ttl=ttl, on_lost=on_lost, since=sent)
         try:
             await self.fleet.ready(instance, self.fleet.settings.provision_timeout)
         except BaseException:
