@@ -9,6 +9,7 @@ Set KITCHEN_EVENTS=<file> to have it append what it observed (cancellations) to 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -103,6 +104,9 @@ def build(name: str) -> Server[Any]:
 
     async def call_tool(ctx: Ctx, p: t.CallToolRequestParams) -> t.CallToolResult:
         args = p.arguments or {}
+        if os.environ.get("KITCHEN_CALL_IDS"):  # which path carried a call: the proxy's lanes use string ids
+            with open(os.environ["KITCHEN_CALL_IDS"], "a", encoding="utf-8") as fh:
+                fh.write(json.dumps([p.name, ctx.request_id]) + "\n")
         s = ctx.session
         if p.name == "echo":
             text = str(args.get("text", ""))
