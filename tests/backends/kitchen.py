@@ -35,6 +35,14 @@ def _event(line: str) -> None:
             fh.write(line + "\n")
 
 
+def _record_call(name: str, request_id: Any) -> None:
+    """Which path carried a call: the proxy's lanes send string ids, the SDK client integers."""
+    path = os.environ.get("KITCHEN_CALL_IDS")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps([name, request_id]) + "\n")
+
+
 def _text(text: str) -> list[t.ContentBlock]:
     return [t.TextContent(type="text", text=text)]
 
@@ -104,9 +112,7 @@ def build(name: str) -> Server[Any]:
 
     async def call_tool(ctx: Ctx, p: t.CallToolRequestParams) -> t.CallToolResult:
         args = p.arguments or {}
-        if os.environ.get("KITCHEN_CALL_IDS"):  # which path carried a call: the proxy's lanes use string ids
-            with open(os.environ["KITCHEN_CALL_IDS"], "a", encoding="utf-8") as fh:
-                fh.write(json.dumps([p.name, ctx.request_id]) + "\n")
+        _record_call(p.name, ctx.request_id)
         s = ctx.session
         if p.name == "echo":
             text = str(args.get("text", ""))
