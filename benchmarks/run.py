@@ -23,7 +23,7 @@ from typing import Any
 
 import anyio
 
-from . import large, memory, scale, sequential, setup_time, throughput, warm_pool
+from . import large, memory, scale, sequential, setup_time, stdio_throughput, throughput, warm_pool
 from .common import describe
 from .report import Context, Row, SectionResult, machine, markdown, render, rows_json
 
@@ -31,6 +31,7 @@ Section = Callable[[Context], Awaitable[SectionResult]]
 SECTIONS: dict[str, Section] = {
     "sequential": sequential.run,
     "throughput": throughput.run,
+    "stdio_throughput": stdio_throughput.run,
     "large": large.run,
     "setup": setup_time.run,
     "memory": memory.run,

@@ -22,6 +22,7 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from .fastlane.stdio import StdioTap, tapped_stdio_client
 from .fastlane.target import LaneTarget
 from .providers.base import HttpTarget, Instance, StdioTarget
 from .transport import RetryUnacceptedTransport
@@ -93,6 +94,7 @@ class BackendLink:
         self.failure: str | None = None
         self._http: RetryUnacceptedTransport | None = None
         self._lane: LaneTarget | None = None
+        self._tap: StdioTap | None = None
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
 
@@ -138,9 +140,11 @@ class BackendLink:
         target = self.instance.target
         server: Any
         if isinstance(target, StdioTarget):
-            server = StdioServerParameters(
+            params = StdioServerParameters(
                 command=target.command, args=list(target.args), env=dict(target.env), cwd=target.cwd
             )
+            self._tap = StdioTap()
+            server = tapped_stdio_client(params, self._tap)
         else:
             assert isinstance(target, HttpTarget)
             self._http = RetryUnacceptedTransport(
@@ -181,6 +185,11 @@ class BackendLink:
             except ValueError:  # not plain http(s): the SDK path serves it
                 return None
         return self._lane if self.alive else None
+
+    def stdio_tap(self) -> StdioTap | None:
+        """Where the stdio lane writes this backend's tool calls and reads their answers: its pipes, while open."""
+        tap = self._tap
+        return tap if tap is not None and tap.open and self.alive else None
 
     # -- requests --------------------------------------------------------------------------------------------
     async def request(

@@ -136,8 +136,9 @@ async def _serve_http(config: ProxyConfig, tasks: dict[str, Task]) -> None:
 
 
 async def _serve_stdio(config: ProxyConfig, tasks: dict[str, Task]) -> None:
-    server = build_server(config, environments_of(config), front="stdio", tasks=tasks)
-    await serve_stdio(server)
+    holder = StateHolder() if config.stdio_lane else None
+    server = build_server(config, environments_of(config), holder, front="stdio", tasks=tasks)
+    await serve_stdio(server, holder)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

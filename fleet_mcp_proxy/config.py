@@ -209,6 +209,7 @@ class ProxyConfig(_Frozen):
     max_sessions: int = Field(default=10_000, gt=0)
     max_request_body: int = Field(default=1024 * 1024, gt=0)  # MCP requests are small JSON
     fast_lane: bool = True  # forward plain handshake-era tool calls raw (front/lane.py)
+    stdio_lane: bool = True  # serve --stdio: own the pipes, forward plain tool calls to stdio environments raw
     catalog_cache: bool = True  # answer tools/list from remembered tool lists before provisioning
     catalog_cache_dir: str | None = None  # default: $XDG_STATE_HOME/fleet-mcp-proxy/catalog
     header_timeout: float = Field(default=10.0, gt=0)  # request line + headers must arrive within this

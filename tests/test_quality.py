@@ -55,3 +55,13 @@ def test_pinned_sdk_transport_still_has_what_the_fast_lane_holds_sessions_with()
     for member in ("_requests_in_flight", "_idle_timeout", "idle_scope", "_terminated"):
         assert member in names, member
     assert isinstance(StreamableHTTPServerTransport.is_terminated, property)
+
+
+def test_pinned_sdk_stdio_client_still_has_what_the_stdio_lane_spawns_and_stops_with() -> None:
+    """fastlane/stdio.py owns a stdio environment's pipes but starts and stops it with the SDK's own helpers."""
+    from mcp.client import stdio
+
+    for helper in ("_get_executable_command", "_create_platform_compatible_process", "_stop_server_process"):
+        assert callable(getattr(stdio, helper, None)), helper
+    assert callable(getattr(stdio, "_drain_stdout", None))
+    assert callable(stdio.get_default_environment)

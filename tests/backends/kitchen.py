@@ -9,6 +9,7 @@ Set KITCHEN_EVENTS=<file> to have it append what it observed (cancellations) to 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -32,6 +33,14 @@ def _event(line: str) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
+
+
+def _record_call(name: str, request_id: Any) -> None:
+    """Which path carried a call: the proxy's lanes send string ids, the SDK client integers."""
+    path = os.environ.get("KITCHEN_CALL_IDS")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps([name, request_id]) + "\n")
 
 
 def _text(text: str) -> list[t.ContentBlock]:
@@ -103,6 +112,7 @@ def build(name: str) -> Server[Any]:
 
     async def call_tool(ctx: Ctx, p: t.CallToolRequestParams) -> t.CallToolResult:
         args = p.arguments or {}
+        _record_call(p.name, ctx.request_id)
         s = ctx.session
         if p.name == "echo":
             text = str(args.get("text", ""))
