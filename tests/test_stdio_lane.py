@@ -24,9 +24,12 @@ pytestmark = pytest.mark.anyio
 def proxy_toml(tmp_path: Path, name: str, *, lane: bool = True, env: str = "", proxy: str = "") -> Path:
     """A proxy config with one stdio kitchen `a` that records its calls (and events) under `tmp_path`."""
     calls, events = tmp_path / f"{name}.calls", tmp_path / f"{name}.events"
+    catalog = json.dumps(str(tmp_path / f"{name}.catalog"))
     path = tmp_path / f"{name}.toml"
     path.write_text(
-        f"[proxy]\nstdio_lane = {str(lane).lower()}\n{proxy}\n"
+        # Its own catalog cache: a tools/list answered from another test's entry provisions nothing, and the
+        # first call (which provisions) would take the SDK path.
+        f"[proxy]\nstdio_lane = {str(lane).lower()}\ncatalog_cache_dir = {catalog}\n{proxy}\n"
         f"[env.a]\ncommand = {json.dumps([PY, str(KITCHEN), 'a'])}\n{env}\n"
         f"[env.a.env]\nKITCHEN_CALL_IDS = {json.dumps(str(calls))}\nKITCHEN_EVENTS = {json.dumps(str(events))}\n",
         encoding="utf-8",
