@@ -44,17 +44,17 @@ class Replica:
     def base(self) -> str:
         return self.url.removesuffix("/mcp")
 
-    async def status(self) -> dict[str, Any]:
-        async with httpx2.AsyncClient(timeout=10) as http:
+    async def status(self, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        async with httpx2.AsyncClient(timeout=10, headers=headers) as http:
             body: dict[str, Any] = (await http.get(f"{self.base}/status")).json()
         return body
 
 
 @contextlib.asynccontextmanager
-async def replica(store: str) -> AsyncIterator[Replica]:
+async def replica(store: str, **env: str) -> AsyncIterator[Replica]:
     """`serve --port 0 --store STORE` with one kitchen backend; stderr drained into `log`."""
     command = [PY, "-m", "fleet_mcp_proxy", "serve", "--port", "0", "--store", store, "--env", f"k={kitchen_cmd('k')}"]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=child_env())
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=child_env(**env))
     try:
         assert proc.stderr is not None
         url = (await read_line_matching(proc.stderr, r"listening on (\S+)", timeout=60)).group(1)
@@ -106,8 +106,14 @@ class Switch(httpx2.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def client(url: str, mode: str = "legacy", switch: Switch | None = None, **callbacks: Any) -> Client:
-    http = httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, read=None), transport=switch)
+def client(
+    url: str,
+    mode: str = "legacy",
+    switch: Switch | None = None,
+    headers: dict[str, str] | None = None,
+    **callbacks: Any,
+) -> Client:
+    http = httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, read=None), transport=switch, headers=headers)
     return Client(streamable_http_client(url, http_client=http), mode=mode, cache=None, **callbacks)  # type: ignore[arg-type]
 
 
@@ -273,3 +279,29 @@ def socket_closed_port() -> Iterator[int]:
         yield sock.getsockname()[1]
     finally:
         sock.close()
+
+
+async def test_auth_is_applied_before_the_hop_and_again_by_the_owner(store_url: str) -> None:
+    token = f"tok-{uuid.uuid4().hex}"
+    bearer = {"Authorization": f"Bearer {token}"}
+    key = f"auth-{uuid.uuid4().hex[:12]}"
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    plain = {"Accept": "application/json, text/event-stream", "Mcp-Protocol-Version": MODERN}
+    with anyio.fail_after(120):
+        async with (
+            replica(store_url, FLEET_MCP_PROXY_TOKEN=token) as a,
+            replica(store_url, FLEET_MCP_PROXY_TOKEN=token) as b,
+        ):
+            async with client(f"{a.url}?episode={key}", MODERN, headers=bearer) as on_a:
+                first = await backend_pid(on_a)
+            await wait_route(store_url, f"key:default:{key}")  # keyed in the token's principal
+            async with client(f"{b.url}?episode={key}", MODERN, headers=bearer) as on_b:
+                assert await backend_pid(on_b) == first
+            async with httpx2.AsyncClient(timeout=30) as http:
+                refused_by_b = await http.post(f"{b.url}?episode={key}", json=body, headers=plain)
+                # The hop's marker does not stand in for a token: the owner checks auth as for any request.
+                marked = {**plain, FORWARDED_HEADER: "someone"}
+                refused_by_a = await http.post(f"{a.url}?episode={key}", json=body, headers=marked)
+            assert refused_by_b.status_code == refused_by_a.status_code == 401
+            assert (await b.status(bearer))["forwarded"] >= 1
+            assert not any(token in line for line in a.log + b.log)
