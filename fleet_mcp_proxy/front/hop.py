@@ -109,7 +109,7 @@ class Forwarder:
                 response = await self._client.send(request, stream=True)
         except _ClientGone:
             return
-        except (httpx.HTTPError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # refused, timed out, or a malformed address in another replica's row
             logger.warning(
                 "could not forward a request to replica %s (%s, host %s): %s",
                 owner.owner_id,
