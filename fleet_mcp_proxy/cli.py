@@ -112,12 +112,23 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def default_advertise(host: str, port: int) -> str:
+    """Where other replicas reach this one when `[cluster] advertise` is unset: the listen address, or this
+    machine's name when it listens on every interface."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 async def _serve_http(config: ProxyConfig, tasks: dict[str, Task]) -> None:
+    sock = _bind(config.host, config.port)
+    port = sock.getsockname()[1]
+    if config.store.url is not None and config.cluster.advertise is None:
+        cluster = config.cluster.model_copy(update={"advertise": default_advertise(config.host, port)})
+        config = config.model_copy(update={"cluster": cluster})
     holder = StateHolder()
     server = build_server(config, environments_of(config), holder, front="http", tasks=tasks)
     app = build_app(config, server, holder)
-    sock = _bind(config.host, config.port)
-    port = sock.getsockname()[1]
     uv = uvicorn.Server(uvicorn_config(app, config))
     if not is_loopback(config.host) and not config.auth.enabled:
         logger.warning(

@@ -10,6 +10,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -160,6 +161,30 @@ class StoreConfig(_Frozen):
         return value
 
 
+class ClusterConfig(_Frozen):
+    """`[cluster]`: how replicas sharing a PostgreSQL store reach each other (unused on the SQLite default)."""
+
+    # Where other replicas reach this one, e.g. "http://10.0.0.5:8000"; default: the HTTP listen address.
+    advertise: str | None = None
+    forward_connect_timeout: float = Field(default=5.0, gt=0)  # reaching the owner replica
+    # Until the owner's response starts: a JSON answer to a slow tool call starts only when the call ends.
+    forward_first_byte_timeout: float = Field(default=600.0, gt=0)
+
+    @field_validator("advertise")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"must be an http(s) URL of this replica, e.g. http://10.0.0.5:8000 (got {value!r})")
+        try:
+            parts.port  # noqa: B018  (raises on a port out of range)
+        except ValueError:
+            raise ValueError(f"has a bad port: {value!r}") from None
+        return value.rstrip("/")
+
+
 TOKEN_ENV = "FLEET_MCP_PROXY_TOKEN"  # one client token from the environment, for principal "default"
 
 
@@ -221,6 +246,7 @@ class ProxyConfig(_Frozen):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     store_path: str | None = None  # the episode record; default $XDG_STATE_HOME/fleet-mcp-proxy/...
     store: StoreConfig = Field(default_factory=StoreConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     record_episodes: bool = True
     tasks_file: str | None = None
     task: str | None = None
@@ -314,12 +340,13 @@ def _read_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError(where, "", "file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(where, "", f"not valid TOML ({exc})") from None
-    unknown = set(raw) - {"proxy", "env", "fleet", "context", "telemetry", "auth", "store"}
+    unknown = set(raw) - {"proxy", "env", "fleet", "context", "telemetry", "auth", "store", "cluster"}
     if unknown:
         raise ConfigError(
             where,
             sorted(unknown)[0],
-            "unknown section (expected [proxy], [auth], [store], [fleet], [context], [telemetry] and [env.NAME])",
+            "unknown section (expected [proxy], [auth], [store], [cluster], [fleet], [context], [telemetry] "
+            "and [env.NAME])",
         )
     data: dict[str, Any] = dict(_interpolate(raw.get("proxy", {}), where, "proxy", environ))
     if "fleet" in raw:
@@ -332,6 +359,8 @@ def _read_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
         data["auth"] = _interpolate(raw["auth"], where, "auth", environ)
     if "store" in raw:
         data["store"] = _interpolate(raw["store"], where, "store", environ)  # url = "postgresql://...${PGPASSWORD}..."
+    if "cluster" in raw:
+        data["cluster"] = _interpolate(raw["cluster"], where, "cluster", environ)
     envs = raw.get("env", {})
     if not isinstance(envs, dict):
         raise ConfigError(where, "env", "must be a table of [env.NAME] sections")
@@ -343,7 +372,7 @@ def _read_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
 
 def _key_of(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
     """Turn a pydantic error location into the key a person wrote in the file."""
-    if loc and loc[0] in ("fleet", "context", "telemetry", "auth", "store"):
+    if loc and loc[0] in ("fleet", "context", "telemetry", "auth", "store", "cluster"):
         return ".".join(str(p) for p in loc)
     if loc and loc[0] == "environments" and len(loc) > 1 and isinstance(loc[1], int):
         envs = data.get("environments", [])

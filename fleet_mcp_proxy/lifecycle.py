@@ -75,7 +75,9 @@ async def start(config: ProxyConfig, tg: anyio.abc.TaskGroup, *, front: str, nee
     store = await open_episode_store(config)
     recorder = Recorder(store)
     tg.start_soon(recorder.run)
-    membership = Membership(store) if store is not None else None
+    # Other replicas reach this one at its address: only an HTTP front on a shared store has one.
+    address = config.cluster.advertise if config.store.url is not None and front == "http" else None
+    membership = Membership(store, address=address) if store is not None else None
     run_id = config.fleet.run_id
     if membership is not None and store is not None:
         await membership.join()

@@ -66,6 +66,8 @@ class Registry:
         self.recorder = recorder or Recorder(None)
         self.owner = owner  # this process's owner id in the store: its rows are not another finisher's
         self.config = config
+        # Replicas sharing a store find an episode's owner by its routes; the embedded default writes none.
+        self.shares_routes = config.store.url is not None and self.recorder.store is not None
         self.environments = tuple(environments)
         self.provider = provider
         self._tg = task_group
@@ -136,6 +138,8 @@ class Registry:
         self.recorder.emit(
             "open_episode", episode.id, principal, task.task_key if task else None, now(), self.owner, task_json
         )
+        if self.shares_routes and key.startswith(("key:", "session:")):
+            self.recorder.emit("add_route", key, episode.id)  # how another replica finds it to forward to
         logger.info("episode %s opened%s", episode.id, f" for task {task.task_key}" if task else "")
         return episode
 

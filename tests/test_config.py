@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
+from fleet_mcp_proxy.cli import default_advertise
 from fleet_mcp_proxy.config import ConfigError, load_config, parse_env_arg
 
 
@@ -104,3 +106,22 @@ def test_settings_that_can_never_grade_an_abandoned_rollout_are_refused_naming_t
         load_config(overrides={"fleet": {"api_key": "k" * 20}, "environments": [web]}, environ={})
     assert load_config(overrides={"fleet": {**fleet, "ttl_seconds": 200}, "verify_timeout": 110}, environ={})
     assert load_config(overrides={"verify_timeout": 5000}, environ={}), "no Fleet: no TTL to grade within"
+
+
+@pytest.mark.parametrize("address", ["10.0.0.5:8000", "ftp://10.0.0.5", "http://", "http://h:99999", "http://h/?x=1"])
+def test_cluster_advertise_must_be_an_http_url_and_names_its_key(tmp_path: Path, address: str) -> None:
+    path = _write(tmp_path, f'[cluster]\nadvertise = "{address}"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert (err.value.where, err.value.key) == (str(path), "cluster.advertise")
+
+
+def test_cluster_advertise_is_kept_without_its_trailing_slash(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[cluster]\nadvertise = "http://${POD_IP}:8000/"\n')
+    assert load_config(path, environ={"POD_IP": "10.0.0.5"}).cluster.advertise == "http://10.0.0.5:8000"
+
+
+def test_the_default_advertised_address_is_where_the_replica_listens() -> None:
+    assert default_advertise("10.0.0.5", 8000) == "http://10.0.0.5:8000"
+    assert default_advertise("::1", 8001) == "http://[::1]:8001"
+    assert default_advertise("0.0.0.0", 8000) == f"http://{socket.gethostname()}:8000"  # reachable, unlike 0.0.0.0

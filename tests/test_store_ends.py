@@ -113,3 +113,20 @@ async def test_a_grade_on_submit_leaves_the_episode_live_so_its_end_records_its_
         await store.begin_end("e1", "max_steps", T0 + timedelta(seconds=1), None)
         record = await store.get("e1")
         assert record is not None and (record.state, record.end_reason) == ("ending", "max_steps")
+
+
+async def test_routes_lead_to_the_owner_of_an_unfinished_episode(store_target: str | Path) -> None:
+    async with await open_any_store(store_target) as store:
+        a = OwnerRecord(owner_id="a", host="h", pid=1, started_at=T0, lease_until=1e10, address="http://10.0.0.5:8000")
+        await store.register_owner(a)
+        await store.open_episode("e1", "alice", None, T0, owner="a")
+        await store.open_episode("e2", "alice", None, T0, owner=None)
+        await store.add_route("key:alice:k1", "e1")
+        await store.add_route("session:s1", "e1")
+        assert await store.route_owner("key:alice:k1") == a
+        assert await store.route_owner("session:s1") == a
+        assert await store.route_owner("key:bob:k1") is None  # routes are per principal
+        await store.add_route("key:alice:k1", "e2")  # a reused key moves to its newest episode: no owner yet
+        assert await store.route_owner("key:alice:k1") is None
+        await store.end_episode("e1", "done", T0)  # a closed episode is nobody's to forward to
+        assert await store.route_owner("session:s1") is None

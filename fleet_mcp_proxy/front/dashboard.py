@@ -21,6 +21,7 @@ from .. import __version__
 from ..providers.base import Instance
 from ..provision_latency import PROVISIONING
 from ..store import EpisodeRecord, EpisodeStore, EpisodeSummary
+from ..store.records import OwnerRecord
 from .episodes import ProxyState, StateHolder
 from .status import StatusInputs, build_status, readiness, visible
 
@@ -73,6 +74,15 @@ async def _read_store(
     return records, recent, "ok"
 
 
+async def _owners(store: EpisodeStore) -> list[OwnerRecord]:
+    try:
+        with anyio.fail_after(STORE_TIMEOUT):
+            return await store.owners()
+    except Exception:  # a slow store degrades the view only
+        logger.warning("the episode store did not list its replicas within %g s", STORE_TIMEOUT)
+        return []
+
+
 def _html() -> str:
     return files("fleet_mcp_proxy.front").joinpath("dashboard.html").read_text(encoding="utf-8")
 
@@ -110,9 +120,12 @@ def routes(holder: StateHolder) -> list[Route]:
         records: dict[str, EpisodeRecord] = {}
         recent: list[EpisodeSummary] = []
         store = _store_state(state)
+        replicas: list[OwnerRecord] = []
         if state.recorder.store is not None:
             newest = sorted(episodes, key=lambda e: e.last_active, reverse=True)[:LIVE_RECORDS]
             records, recent, store = await _read_store(state.recorder.store, [e.id for e in newest], RECENT_SUMMARIES)
+            if store == "ok":
+                replicas = await _owners(state.recorder.store)
         inputs = StatusInputs(
             version=__version__,
             uptime=time.monotonic() - started,
@@ -124,6 +137,9 @@ def routes(holder: StateHolder) -> list[Route]:
             time_left=_time_left(state),
             clock=anyio.current_time(),
             store=store,
+            replicas=replicas,
+            forwarded=holder.forwarder.forwarded if holder.forwarder is not None else 0,
+            wall=time.time(),
         )
         return JSONResponse(build_status(inputs), headers=_NO_STORE)
 

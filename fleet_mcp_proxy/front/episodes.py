@@ -20,6 +20,7 @@ from ..providers.pool import InstancePool
 from ..recorder import Recorder
 from ..registry import Registry
 from .auth import current_principal
+from .hop import Forwarder
 from .identity import RequestIdentity, episode_key, episode_slot, task_key
 from .limits import PrincipalLimits
 from .waiting import wait_ready
@@ -53,6 +54,7 @@ class StateHolder:
     state: ProxyState | None = None
     started: anyio.Event = field(default_factory=anyio.Event)
     lane: Any = None  # the HTTP front's FastLane, when on: its `served` count is an operator figure
+    forwarder: Forwarder | None = None  # set when replicas share a store: relays requests to their owner
 
 
 def connection_of(ctx: Ctx) -> Connection:
@@ -89,8 +91,10 @@ def episode_for(ctx: Ctx) -> Episode:
             if refusal is not None:
                 raise MCPError(t.INVALID_REQUEST, refusal)
         episode = registry.open(slot, identity.principal, requested)
-        if identity.session_id is not None:
+        if identity.session_id is not None and identity.session_id not in episode.session_ids:
             episode.session_ids.add(identity.session_id)
+            if registry.shares_routes and slot != f"session:{identity.session_id}":  # that one came with the open
+                episode.recorder.emit("add_route", f"session:{identity.session_id}", episode.id)
     if not modern:
         conn = connection_of(ctx)
         if conn.state.get("fmp_episode") is not episode:

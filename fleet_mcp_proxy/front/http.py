@@ -10,7 +10,7 @@ from typing import Any
 
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
-from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
+from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, ErrorData, JSONRPCError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -23,7 +23,8 @@ from ..episode import Episode
 from .admission import HostOriginGate
 from .auth import auth_middleware, current_principal
 from .dashboard import routes as operator_routes
-from .episodes import StateHolder
+from .episodes import ProxyState, StateHolder
+from .hop import FORWARDED_HEADER
 from .identity import episode_key
 from .lane import FastLane
 from .server import ProxyServer
@@ -53,6 +54,15 @@ def _jsonrpc_error(status: int, code: int, message: str) -> Response:
     return Response(json.dumps(body), status_code=status, media_type="application/json")
 
 
+def _unreachable(key: str | None) -> Response:
+    """What the agent gets when the replica holding its episode cannot be reached: a session is unknown here,
+    as after any lost session; a keyed episode is worth retrying shortly."""
+    if key is None:
+        return session_not_found()
+    message = "The proxy replica that holds this episode cannot be reached right now; try again shortly."
+    return _jsonrpc_error(503, INTERNAL_ERROR, message)
+
+
 class McpEndpoint:
     """Wraps the SDK's session manager with what the episode model adds to plain sessions."""
 
@@ -75,6 +85,13 @@ class McpEndpoint:
             # The episode behind this session is over (idle timeout): the client must start afresh.
             await session_not_found()(scope, receive, send)
             return
+        forwarder = self._holder.forwarder  # None unless replicas share a store: no lookups on the default
+        if forwarder is not None and state is not None and FORWARDED_HEADER not in request.headers:
+            route = self._remote_route(state, key, session_id)
+            owner = await forwarder.owner_of(route) if route is not None else None
+            if owner is not None:
+                await forwarder.forward(owner, scope, receive, send, _unreachable(key))
+                return
         if request.method == "DELETE" and key is not None and session_id is None and state is not None:
             # The explicit end of a keyed episode. A DELETE that carries a session id ends only that
             # transport session: SDK clients send one on every clean exit, and the key outlives them.
@@ -88,6 +105,15 @@ class McpEndpoint:
                 return
             receive = replay
         await self._asgi(scope, receive, send)
+
+    def _remote_route(self, state: ProxyState, key: str | None, session_id: str | None) -> str | None:
+        """The store route of a request whose episode or session is not in this process (dict lookups only)."""
+        if key is not None:
+            slot = f"key:{current_principal()}:{key}"
+            return None if slot in state.registry.episodes else slot
+        if session_id is not None and session_id not in getattr(self._manager, "_server_instances", {}):
+            return f"session:{session_id}"
+        return None
 
     async def terminate_sessions(self, episode: Episode) -> None:
         """Close the transport sessions of an ended episode so connected clients notice at once."""

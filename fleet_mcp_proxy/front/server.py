@@ -32,6 +32,7 @@ from ..tasks import Task
 from . import handlers as h
 from .admission import CallRefused, call_slot
 from .episodes import Ctx, ProxyState, StateHolder, episode_for, ready_episode, reserve_instances
+from .hop import Forwarder
 from .identity import episode_key, task_key
 from .toolresult import finish_forwarded, record_call
 from .waiting import wait_ready
@@ -225,12 +226,18 @@ def build_server(
             registry = Registry(config, environments, runtime.pool, tg, tasks, runtime.recorder, runtime.owner)
             state = ProxyState(config, registry, tg, runtime.pool, runtime.recorder)
             tg.start_soon(registry.reap_idle)
+            membership = runtime.membership
             if holder is not None:
+                if membership is not None and membership.address is not None and runtime.recorder.store is not None:
+                    holder.forwarder = Forwarder(runtime.recorder.store, membership.me, config.cluster)
                 holder.state = state
                 holder.started.set()
             try:
                 yield state
             finally:
+                if holder is not None and holder.forwarder is not None:
+                    forwarder, holder.forwarder = holder.forwarder, None
+                    await forwarder.aclose()
                 # stdio: the client kills us 2 s after closing stdin, so pending ends go to a finisher at once.
                 grace = min(config.shutdown_grace, STDIO_GRACE) if front == "stdio" else config.shutdown_grace
                 await lifecycle.stop(runtime, registry, grace=grace)

@@ -16,6 +16,7 @@ from ..episode import Episode
 from ..providers.base import Instance
 from ..provision_latency import ProvisionSample
 from ..store import EpisodeRecord, EpisodeSummary
+from ..store.records import OwnerRecord
 
 CALLS_PER_EPISODE = 20
 RECENT_CALLS = 40
@@ -35,6 +36,9 @@ class StatusInputs:
     time_left: Callable[[Instance], float | None]
     clock: float  # anyio.current_time(), the clock of `Episode.last_active`
     store: str  # "ok", "disabled" or "unavailable"
+    replicas: Sequence[OwnerRecord] = ()  # the store's owner rows: every process serving or finishing on it
+    forwarded: int = 0  # requests this replica relayed to the owner of their episode
+    wall: float = 0.0  # time.time(), the clock of the owners' leases
 
 
 def visible(episodes: Sequence[Episode], principal: str | None) -> list[Episode]:
@@ -182,6 +186,15 @@ def latency_view(samples: Sequence[ProvisionSample]) -> JSON:
     return {**summary, "samples": points}
 
 
+def _replica(owner: OwnerRecord, wall: float) -> JSON:
+    return {
+        "id": owner.owner_id,
+        "host": owner.host,
+        "address": owner.address,
+        "lease_left_s": round(owner.lease_until - wall, 1),  # negative: its lease ran out
+    }
+
+
 def build_status(inputs: StatusInputs) -> JSON:
     episodes = sorted(inputs.episodes, key=lambda e: e.last_active, reverse=True)
     views = [_episode(e, inputs.records.get(e.id), inputs) for e in episodes]
@@ -201,6 +214,8 @@ def build_status(inputs: StatusInputs) -> JSON:
         "recent_calls": _recent_calls(inputs.records),
         "rewards": _rewards(inputs),
         "provisioning": latency_view(inputs.latencies),
+        "replicas": [_replica(owner, inputs.wall) for owner in inputs.replicas],
+        "forwarded": inputs.forwarded,
     }
 
 

@@ -49,4 +49,12 @@ _V3 = ("ALTER TABLE owners ADD COLUMN address TEXT",)
 # Version 4: which account an instance lives in (see `schema.py`).
 _V4 = ("ALTER TABLE instances ADD COLUMN origin TEXT",)
 
-PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)  # PG_MIGRATIONS[n - 1] takes a store to version n
+# Version 5: routes from an episode's outside names to its id (see `schema.py`).
+_V5 = (
+    """CREATE TABLE routes (
+        route TEXT COLLATE "C" PRIMARY KEY, episode_id TEXT COLLATE "C" NOT NULL REFERENCES episodes (id))""",
+    "CREATE INDEX routes_by_episode ON routes (episode_id)",
+)
+
+# PG_MIGRATIONS[n - 1] takes a store to version n
+PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5)

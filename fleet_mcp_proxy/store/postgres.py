@@ -71,6 +71,10 @@ _SUMMARIES = """SELECT e.*, (SELECT COUNT(*) FROM calls c WHERE c.episode_id = e
 _REGISTER = """INSERT INTO owners (id, host, pid, started_at, lease_until, address) VALUES ($1, $2, $3, $4, $5, $6)
     ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid, started_at = EXCLUDED.started_at,
     lease_until = EXCLUDED.lease_until, address = EXCLUDED.address"""
+_ADD_ROUTE = """INSERT INTO routes (route, episode_id) VALUES ($1, $2)
+    ON CONFLICT (route) DO UPDATE SET episode_id = EXCLUDED.episode_id"""
+_ROUTE_OWNER = """SELECT o.* FROM routes r JOIN episodes e ON e.id = r.episode_id JOIN owners o ON o.id = e.owner
+    WHERE r.route = $1 AND e.state <> 'closed'"""
 _EXPORT_FIRST = "SELECT started_at, id FROM episodes WHERE started_at >= $1 ORDER BY started_at, id LIMIT $2"
 _EXPORT_NEXT = "SELECT started_at, id FROM episodes WHERE (started_at, id) > ($1, $2) ORDER BY started_at, id LIMIT $3"
 _EXPORT_PAGE = 100
@@ -300,6 +304,14 @@ class PostgresStore:
                 await conn.execute("INSERT INTO meta VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", key, default)
             value = await conn.fetchval("SELECT value FROM meta WHERE key = $1", key)
         return None if value is None else str(value)
+
+    async def add_route(self, route: str, episode_id: str) -> None:
+        async with self._connection(episode_id) as conn:
+            await conn.execute(_ADD_ROUTE, route, episode_id)
+
+    async def route_owner(self, route: str) -> OwnerRecord | None:
+        rows = await self._fetch(_ROUTE_OWNER, route)
+        return owner_of(rows[0]) if rows else None
 
     async def _require(self, episode_id: str) -> None:
         if not await self._fetch("SELECT 1 FROM episodes WHERE id = $1", episode_id):

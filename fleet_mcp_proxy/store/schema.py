@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Version 1: the episode record.
 _V1 = (
@@ -46,4 +46,12 @@ _V3 = ("ALTER TABLE owners ADD COLUMN address TEXT",)
 # finishes its episode (two deployments may share one store file).
 _V4 = ("ALTER TABLE instances ADD COLUMN origin TEXT",)
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)  # MIGRATIONS[n - 1] takes a store to version n
+# Version 5: what identifies an episode from outside (its key slot, its handshake-era session ids), so that a
+# replica a request lands on can find the owner and forward to it. Written only when the store is shared.
+_V5 = (
+    """CREATE TABLE routes (
+        route TEXT PRIMARY KEY, episode_id TEXT NOT NULL REFERENCES episodes (id)) WITHOUT ROWID""",
+    "CREATE INDEX routes_by_episode ON routes (episode_id)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5)  # MIGRATIONS[n - 1] takes a store to version n

@@ -52,6 +52,8 @@ _UNRELEASED = """SELECT i.* FROM instances i JOIN episodes e ON e.id = i.episode
     WHERE e.state != 'closed' AND i.released_at IS NULL ORDER BY i.rowid"""
 _SUMMARIES = """SELECT e.*, (SELECT COUNT(*) FROM calls c WHERE c.episode_id = e.id) AS call_count
     FROM episodes e WHERE ?1 IS NULL OR e.task_key = ?1 ORDER BY e.started_at DESC, e.id DESC LIMIT ?2 OFFSET ?3"""
+_ROUTE_OWNER = """SELECT o.* FROM routes r JOIN episodes e ON e.id = r.episode_id JOIN owners o ON o.id = e.owner
+    WHERE r.route = ? AND e.state != 'closed'"""
 _EXPORT_IDS = "SELECT started_at, id FROM episodes WHERE (started_at, id) >= (?, ?) ORDER BY started_at, id LIMIT ?"
 _EXPORT_PAGE = 100
 
@@ -284,6 +286,15 @@ class SQLiteStore:
         async with self._exclusive() as db:
             rows = builtins.list(await db.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,)))
         return str(rows[0][0]) if rows else None
+
+    async def add_route(self, route: str, episode_id: str) -> None:
+        sql = "INSERT OR REPLACE INTO routes (route, episode_id) VALUES (?, ?)"
+        await self._write(episode_id, sql, (route, episode_id), must_change=False)
+
+    async def route_owner(self, route: str) -> OwnerRecord | None:
+        async with self._exclusive() as db:
+            rows = await db.execute_fetchall(_ROUTE_OWNER, (route,))
+        return next((owner_of(row) for row in rows), None)
 
     async def _require(self, episode_id: str) -> None:
         async with self._exclusive() as db:
