@@ -48,6 +48,7 @@ from .admission import (
 )
 from .auth import current_principal
 from .episodes import StateHolder
+from .lane_messages import cancelled, dumps, failed
 from .toolresult import finish_forwarded
 
 logger = logging.getLogger(__name__)
@@ -55,10 +56,6 @@ _NOT_ACCEPTED = frozenset({502, 503})  # never reached the backend; a 504 may ha
 _PASS_THROUGH = frozenset({"notifications/message", "notifications/progress"})
 _NOTIFICATION = TypeAdapter[Any](t.ServerNotification)
 _DRAIN_AFTER_ANSWER = 2.0
-
-
-def _dumps(message: Any) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 @dataclass(eq=False)
@@ -125,7 +122,7 @@ class _LaneUpstream:
 
     async def log(self, params: t.LoggingMessageNotificationParams) -> None:
         body = params.model_dump(by_alias=True, exclude_none=True, mode="json")
-        await self._writer.event(_dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": body}))
+        await self._writer.event(dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": body}))
 
     async def ask(self, request: t.ServerRequest, result_type: type[Any], timeout: float) -> Any:
         relay_id = f"fmp-r-{next(self._lane._ids)}"
@@ -133,7 +130,7 @@ class _LaneUpstream:
         self._lane._answers[(self._sid, relay_id)] = answer
         try:
             message = request.model_dump(by_alias=True, exclude_none=True, mode="json")
-            await self._writer.event(_dumps({"jsonrpc": "2.0", "id": relay_id, **message}))
+            await self._writer.event(dumps({"jsonrpc": "2.0", "id": relay_id, **message}))
             with anyio.fail_after(timeout):
                 await answer.arrived.wait()
         finally:
@@ -294,16 +291,16 @@ class FastLane:
         self.served += 1
         if answer is None:  # the client cancelled: the 2025-era transport still ends the request's stream
             error = {"code": REQUEST_CANCELLED, "message": "Request cancelled"}
-            await writer.finish(_dumps({"jsonrpc": "2.0", "id": front_id, "error": error}))
+            await writer.finish(dumps({"jsonrpc": "2.0", "id": front_id, "error": error}))
             return True
         result = answer.get("result")
         if telemetry.ON:
             telemetry.tool_call(episode.id, route.alias, name, result, clock)
         if result is not None:
             result = finish_forwarded(episode, name, params.get("arguments"), result, started, clock)
-            await writer.finish(_dumps({"jsonrpc": "2.0", "id": front_id, "result": result}))
+            await writer.finish(dumps({"jsonrpc": "2.0", "id": front_id, "result": result}))
         else:
-            await writer.finish(_dumps({"jsonrpc": "2.0", "id": front_id, "error": answer["error"]}))
+            await writer.finish(dumps({"jsonrpc": "2.0", "id": front_id, "error": answer["error"]}))
         return True
 
     async def _tracked(
@@ -346,7 +343,7 @@ class FastLane:
     ) -> Any:
         """`{"result": ...}`, `{"error": ...}`, None when cancelled by the client, or _FALLBACK."""
         timeout = episode.environments[alias].call_timeout
-        body = _dumps(
+        body = dumps(
             {
                 "jsonrpc": "2.0",
                 "id": call.backend_id,
@@ -361,20 +358,20 @@ class FastLane:
                     response = await call.target.pool.post(call.target.headers, body)
                     answer = await self._read(response, call, episode, alias, exposed, writer, sid)
             except TimeoutError:
-                await self._notify(call.target, _cancelled(call.backend_id, "timed out"))
-                _failed("timeout")
+                await self._notify(call.target, cancelled(call.backend_id, "timed out"))
+                failed("timeout")
                 return {"result": tool_error(timeout_message(exposed, timeout))}
             except LaneError as exc:
                 if not exc.sent and not writer.streaming:
                     return _FALLBACK
-                _failed("transport_error")
+                failed("transport_error")
                 return {"result": tool_error(unreachable_message(alias, exposed))}
             except ValueError:  # not JSON: the environment broke the protocol
                 logger.warning("environment %s answered a tool call with malformed JSON", alias)
-                _failed("transport_error")
+                failed("transport_error")
                 return {"result": tool_error(malformed_message(alias, exposed))}
         if call.scope.cancelled_caught:
-            await self._notify(call.target, _cancelled(call.backend_id, "cancelled by the client"))
+            await self._notify(call.target, cancelled(call.backend_id, "cancelled by the client"))
             return None
         return answer
 
@@ -434,7 +431,7 @@ class FastLane:
             relay_id = f"fmp-r-{next(self._ids)}"
             self._relays[(sid, relay_id)] = (call.target, message["id"])
             call.relays.append((sid, relay_id))
-            await writer.event(_dumps({**message, "id": relay_id}))
+            await writer.event(dumps({**message, "id": relay_id}))
         elif method in _PASS_THROUGH:
             await writer.event(data)
         else:
@@ -448,7 +445,7 @@ class FastLane:
         """Post a notification or an answer to the backend session: best effort, shielded and bounded."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             try:
-                response = await target.pool.post(target.headers, _dumps(message))
+                response = await target.pool.post(target.headers, dumps(message))
                 await response.read()
             except LaneError:
                 logger.info("could not deliver %s to a backend", message.get("method") or "an answer")
@@ -459,19 +456,6 @@ class _Fallback:
 
 
 _FALLBACK: Any = _Fallback()
-
-
-def _failed(kind: str) -> None:
-    if telemetry.ON:
-        telemetry.note_call_failure(kind)
-
-
-def _cancelled(request_id: str, reason: str) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "method": "notifications/cancelled",
-        "params": {"requestId": request_id, "reason": reason},
-    }
 
 
 def _answer(message: Any) -> dict[str, Any]:

@@ -11,7 +11,6 @@ Whether the lane takes a message is decided as the line is read, so nothing it d
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from ..forwarding import forward_params, tool_error
 from ..recorder import now
 from .admission import CallRefused, call_slot, is_request_id, tool_call_params_ok
 from .episodes import StateHolder
+from .lane_messages import cancelled, dumps, failed
 from .stdio_pipes import LineWriter
 from .toolresult import finish_forwarded
 
@@ -41,10 +41,6 @@ STDIO_EPISODE = "stdio"  # the registry key of the process's episode (front/epis
 _TRANSPORT_ERRORS = frozenset(
     {(t.INTERNAL_ERROR, "Server returned an error response"), (t.INVALID_REQUEST, "Session terminated")}
 )
-
-
-def _dumps(message: Any) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 @dataclass(eq=False)
@@ -70,9 +66,7 @@ class _LaneUpstream:
 
     async def log(self, params: t.LoggingMessageNotificationParams) -> None:
         body = params.model_dump(by_alias=True, exclude_none=True, mode="json")
-        await self._lane.out.write(
-            _dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": body}) + b"\n"
-        )
+        await self._lane.out.write(dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": body}) + b"\n")
 
     async def ask(self, request: t.ServerRequest, result_type: type[Any], timeout: float) -> Any:
         relay_id = f"fmp-r-{next(self._lane.ids)}"
@@ -80,7 +74,7 @@ class _LaneUpstream:
         self._lane.answers[relay_id] = answer
         try:
             message = request.model_dump(by_alias=True, exclude_none=True, mode="json")
-            await self._lane.out.write(_dumps({"jsonrpc": "2.0", "id": relay_id, **message}) + b"\n")
+            await self._lane.out.write(dumps({"jsonrpc": "2.0", "id": relay_id, **message}) + b"\n")
             with anyio.fail_after(timeout):
                 await answer.arrived.wait()
         finally:
@@ -198,9 +192,9 @@ class StdioLane:
             telemetry.tool_call(episode.id, route.alias, name, result, clock)
         if result is not None:
             result = finish_forwarded(episode, name, params.get("arguments"), result, started, clock)
-            await self.out.write(_dumps({"jsonrpc": "2.0", "id": front_id, "result": result}) + b"\n")
+            await self.out.write(dumps({"jsonrpc": "2.0", "id": front_id, "result": result}) + b"\n")
         else:
-            await self.out.write(_dumps({"jsonrpc": "2.0", "id": front_id, "error": answer["error"]}) + b"\n")
+            await self.out.write(dumps({"jsonrpc": "2.0", "id": front_id, "error": answer["error"]}) + b"\n")
 
     async def _exchange(
         self, call: _Call, episode: Episode, alias: str, exposed: str, params: dict[str, Any], original: str
@@ -214,20 +208,20 @@ class StdioLane:
         with call.scope:
             try:
                 with anyio.fail_after(timeout):
-                    await call.tap.send(_dumps(request))
+                    await call.tap.send(dumps(request))
                     await slot.arrived.wait()
                 answer = _answer(slot.message, alias, exposed, timeout)
             except TimeoutError:
-                await _notify(call.tap, _cancelled(call.backend_id, "timed out"))
-                _failed("timeout")
+                await _notify(call.tap, cancelled(call.backend_id, "timed out"))
+                failed("timeout")
                 return {"result": tool_error(timeout_message(exposed, timeout))}
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                _failed("transport_error")
+                failed("transport_error")
                 return {"result": tool_error(stopped_message(alias, exposed))}
             finally:
                 call.tap.forget(call.backend_id)
         if call.scope.cancelled_caught:
-            await _notify(call.tap, _cancelled(call.backend_id, "cancelled by the client"))
+            await _notify(call.tap, cancelled(call.backend_id, "cancelled by the client"))
             return None
         return answer
 
@@ -235,29 +229,29 @@ class StdioLane:
 def _answer(message: dict[str, Any] | None, alias: str, exposed: str, timeout: float) -> dict[str, Any]:
     """The environment's answer as the SDK path passes it on (calls.py maps the same errors to tool results)."""
     if message is None:
-        _failed("transport_error")
+        failed("transport_error")
         return {"result": tool_error(stopped_message(alias, exposed))}
     result, error = message.get("result"), message.get("error")
     if isinstance(result, dict) and message.get("jsonrpc") == "2.0":
         return {"result": result}
     if not isinstance(error, dict) or type(error.get("code")) is not int or not isinstance(error.get("message"), str):
         logger.warning("environment %s answered a tool call with a malformed message", alias)
-        _failed("transport_error")
+        failed("transport_error")
         return {"result": tool_error(malformed_message(alias, exposed))}
     code, text = error["code"], error["message"]
     if code == t.REQUEST_TIMEOUT:
-        _failed("timeout")
+        failed("timeout")
         return {"result": tool_error(timeout_message(exposed, timeout))}
     if (code, text) in _TRANSPORT_ERRORS:
-        _failed("transport_error")
+        failed("transport_error")
         return {"result": tool_error(unreachable_message(alias, exposed))}
     if code == t.CONNECTION_CLOSED:
-        _failed("transport_error")
+        failed("transport_error")
         return {"result": tool_error(stopped_message(alias, exposed))}
     if code == t.PARSE_ERROR:
-        _failed("transport_error")
+        failed("transport_error")
         return {"result": tool_error(malformed_message(alias, exposed))}
-    _failed("protocol_error")
+    failed("protocol_error")
     kept = {"code": code, "message": text}
     if error.get("data") is not None:
         kept["data"] = error["data"]
@@ -268,19 +262,6 @@ async def _notify(tap: StdioTap, message: dict[str, Any]) -> None:
     """Tell the environment: best effort, shielded and bounded."""
     with anyio.CancelScope(shield=True), anyio.move_on_after(5):
         try:
-            await tap.send(_dumps(message))
+            await tap.send(dumps(message))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             logger.info("could not deliver %s to an environment", message.get("method"))
-
-
-def _failed(kind: str) -> None:
-    if telemetry.ON:
-        telemetry.note_call_failure(kind)
-
-
-def _cancelled(request_id: str, reason: str) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "method": "notifications/cancelled",
-        "params": {"requestId": request_id, "reason": reason},
-    }
