@@ -200,14 +200,15 @@ class LeaseKeeper:
             except LeaseLost as lost:
                 self._lose(lease, str(lost))
                 return
-            except Exception:  # transient until a whole TTL passes without an accepted beat
+            except Exception as exc:  # transient until a whole TTL passes without an accepted beat
                 if anyio.current_time() - last_ok > ttl:
                     self._lose(lease, f"no heartbeat was accepted for {ttl:g} s")
                     return
                 # Soon, not a whole interval later: after one missed beat the next due one is the deadline.
                 failures += 1
                 wait = min(interval / 3, 0.5 * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)
-                logger.warning("heartbeat for %s failed; retrying", lease.instance.instance_id)
+                kind = type(exc).__name__  # the type only: an SDK message may quote the request
+                logger.warning("heartbeat for %s failed (%s); retrying", lease.instance.instance_id, kind)
                 continue
             last_ok, wait, failures = anyio.current_time(), interval, 0
             if beat.ttl is not None and math.isfinite(beat.ttl) and beat.ttl > 0:
