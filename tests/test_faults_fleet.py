@@ -76,8 +76,9 @@ def provider_of(proxy: Any) -> FleetProvider:
 @pytest.mark.anyio
 @pytest.mark.timeout(400)  # about 80 s alone on a quiet 2-core machine
 # Its link failures (instances stopped for a missed heartbeat) are fixed in the lease keeper; it then passed three
-# full runs of three and 5 of 6 runs alone. The sixth failure was not captured, so it stays non-strict until it is.
-@pytest.mark.xfail(strict=False, reason="one undiagnosed failure in six runs alone after the heartbeat fix")
+# full runs of three and 6 of 8 runs alone. What remains: a few instances' heartbeats fail at the transport level
+# (FleetAPIError, no HTTP answer) until the platform's deadline while 150 episodes start. Open; see the stop note.
+@pytest.mark.xfail(strict=False, reason="heartbeats failing at the transport level under load (open)")
 async def test_r4_every_episode_provisions_while_30_percent_of_fleet_calls_answer_503(record_property: Record) -> None:
     sessions = 150  # creates per episode average 1/0.7 = 1.43; at 150 the 1.6 bound sits ~2.6 sd above it
     faults = Faults(seed=11, rate_5xx=0.3)
