@@ -76,7 +76,7 @@ def provider_of(proxy: Any) -> FleetProvider:
 @pytest.mark.anyio
 @pytest.mark.timeout(400)  # about 80 s alone on a quiet 2-core machine
 # Its link failures (instances stopped for a missed heartbeat) are fixed in the lease keeper; it then passed three
-# full runs of three and 6 of 8 runs alone. What remains: a few instances' heartbeats fail at the transport level
+# full runs of three and 8 of 10 runs alone. What remains: a few instances' heartbeats fail at the transport level
 # (FleetAPIError, no HTTP answer) until the platform's deadline while 150 episodes start. Open; see the stop note.
 @pytest.mark.xfail(strict=False, reason="heartbeats failing at the transport level under load (open)")
 async def test_r4_every_episode_provisions_while_30_percent_of_fleet_calls_answer_503(record_property: Record) -> None:
