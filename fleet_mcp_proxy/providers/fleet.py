@@ -115,6 +115,7 @@ class FleetProvider:
 
     def __init__(self, settings: FleetSettings) -> None:
         self.settings = settings
+        self.origin = fleet_origin(settings.base_url, settings.api_key)  # recorded with every instance it makes
         if not settings.run_id:
             raise ValueError("FleetProvider needs the deployment's run_id (see pool.run_id_for)")
         self.run_id = settings.run_id
@@ -233,7 +234,7 @@ class FleetProvider:
             endpoints[0],
             expires_at=_created(made) + ttl,  # the platform counts the TTL from the create
             union=tuple(endpoints[1:]),
-            origin=fleet_origin(self.settings.base_url, self.settings.api_key),
+            origin=self.origin,
         )
 
     async def ready(self, instance: Instance, deadline: float) -> None:

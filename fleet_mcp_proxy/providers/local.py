@@ -29,12 +29,13 @@ class LocalProvider:
 
     def __init__(self, root: Path | None = None) -> None:
         self._root = root
+        self.origin = local_origin()
 
     async def provision(self, env: EnvironmentConfig, episode_id: str) -> Instance:
         instance_id = f"local-{env.name}-{uuid.uuid4().hex[:12]}"
         if env.url is not None:
             remote = HttpTarget(env.url, dict(env.headers))
-            return Instance(env.name, instance_id, self.name, remote, origin=local_origin())
+            return Instance(env.name, instance_id, self.name, remote, origin=self.origin)
         assert env.command is not None
         data_dir: Path | None = None
         parts = [*env.command, *env.env.values(), env.cwd or ""]
@@ -55,7 +56,7 @@ class LocalProvider:
             env={k: fill(v) for k, v in env.env.items()},
             cwd=fill(env.cwd) if env.cwd else None,
         )
-        return Instance(env.name, instance_id, self.name, target, data_dir, origin=local_origin())
+        return Instance(env.name, instance_id, self.name, target, data_dir, origin=self.origin)
 
     async def delete(self, instance: Instance) -> None:
         """Remove the instance directory; the process itself is stopped by its backend link."""

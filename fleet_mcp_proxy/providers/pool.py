@@ -18,7 +18,6 @@ from .base import HttpTarget, Instance, ProvisionError
 from .fleet import FleetProvider
 from .leases import Delete, LeaseKeeper
 from .local import LocalProvider
-from .origin import fleet_origin, local_origin
 from .warm import WarmPool
 
 if TYPE_CHECKING:
@@ -139,8 +138,8 @@ class InstancePool:
     def origin(self, provider: str) -> str | None:
         """The account this process reaches for `provider`; None when it has none (no Fleet configured)."""
         if provider == "fleet":
-            return fleet_origin(self.fleet.settings.base_url, self.fleet.settings.api_key) if self.fleet else None
-        return local_origin()
+            return self.fleet.origin if self.fleet is not None else None
+        return self.local.origin
 
     def can_finish(self, provider: str, origin: str | None) -> bool:
         """Whether this process may grade against and release an instance recorded with `origin`.
