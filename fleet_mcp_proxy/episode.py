@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -90,6 +90,7 @@ class Episode:
         catalog_cache: CatalogCache | None = None,
         fleet: FleetSettings | None = None,
         provision_on_list: bool = False,
+        episode_id: str | None = None,  # given when adopting the episode of a replica that is gone
     ) -> None:
         self.key = key
         self.provision_on_list = provision_on_list
@@ -117,7 +118,7 @@ class Episode:
         self.recorder = recorder or Recorder(None)
         self.subscribed: set[str] = set()
         self.principal = principal
-        self.id = uuid.uuid4().hex[:16]
+        self.id = episode_id or uuid.uuid4().hex[:16]
         self.environments = {env.name: env for env in environments}
         self._provider = provider
         self._tg = task_group
@@ -273,13 +274,9 @@ class Episode:
             errors.append(f"environment '{env.name}' could not be provisioned: {exc}")
             return
         self.instances[env.name] = instance
-        link = link_for(instance, self, startup_timeout=env.startup_timeout, call_timeout=env.call_timeout)
-        await self._tg.start(link.run)
-        failure = link.failure if link.failure is not None else self._missing_computer(link)
-        if failure is not None:
-            errors.append(f"environment '{env.name}' {failure}")
-            if link.failure is None:
-                await link.stop(self._end_timeout)
+        link = await self._open_link(env, instance)
+        if isinstance(link, str):
+            errors.append(f"environment '{env.name}' {link}")
             self.instances.pop(env.name, None)
             await ending.release_instance(
                 self, instance, recorded=False
@@ -306,6 +303,34 @@ class Episode:
         if self.end_state in ("releasing", "closed", "pending"):  # too late to use: it must not outlive the episode
             await link.stop(self._end_timeout)
             await ending.release_instance(self, instance)
+
+    async def _open_link(self, env: EnvironmentConfig, instance: Instance) -> BackendLink | str:
+        """A running link to the instance's MCP server, or why it cannot be used (the link is stopped then)."""
+        link = link_for(instance, self, startup_timeout=env.startup_timeout, call_timeout=env.call_timeout)
+        await self._tg.start(link.run)
+        failure = link.failure if link.failure is not None else self._missing_computer(link)
+        if failure is not None and link.failure is None:
+            await link.stop(self._end_timeout)
+        return link if failure is None else failure
+
+    async def adopt(self, instances: Sequence[Instance]) -> None:
+        """Links to the instances a replica that is gone provisioned for this episode (`adoption.py`).
+
+        One that cannot be reached counts as lost, its link kept: its calls say so and no fresh instance with
+        other state is swapped in.
+        """
+        for instance in instances:
+            env = self.environments[instance.alias]
+            self.instances[instance.alias] = instance
+            link = link_for(instance, self, startup_timeout=env.startup_timeout, call_timeout=env.call_timeout)
+            await self._tg.start(link.run)
+            self.links[instance.alias] = link
+            if link.failure is not None:
+                self.lost[instance.alias] = f"unreachable after its proxy replica stopped: {link.failure}"
+        self._rebuild()
+
+    def on_lost(self, alias: str) -> Callable[[str], None]:
+        return partial(self._lost, alias)
 
     def _missing_computer(self, link: BackendLink) -> str | None:
         """A computer_use task needs the `computer` tool: an instance without one is a failed provisioning."""

@@ -53,13 +53,23 @@ def _instance(pending: PendingInstance) -> Instance:
 
 class Finisher:
     def __init__(
-        self, store: EpisodeStore, pool: InstancePool, membership: Membership, *, verify_timeout: float, partial: bool
+        self,
+        store: EpisodeStore,
+        pool: InstancePool,
+        membership: Membership,
+        *,
+        verify_timeout: float,
+        partial: bool,
+        adopts: bool = False,
     ) -> None:
         self.store = store
         self.pool = pool
         self.membership = membership
         self.verify_timeout = verify_timeout
         self.partial = partial
+        # A serving replica on a shared store leaves live episodes on Fleet to adoption (`adoption.py`): their
+        # agent may still be talking to them.
+        self.adopts = adopts
 
     async def run(self, skip: frozenset[str] = frozenset()) -> FinishReport:
         """Finish every unfinished row whose owner is gone; rows in `skip` (this process's own) are left."""
@@ -75,12 +85,17 @@ class Finisher:
             for pending in await self.store.unfinished():
                 if pending.episode_id in skip or not await self.membership.dead_or_none(pending.owner):
                     continue
+                if self.adopts and pending.routed and pending.state == "live" and self._adoptable(pending):
+                    continue
                 if not all(self.pool.can_finish(i.provider, i.origin) for i in pending.instances):
                     report.foreign.append(pending.episode_id)
                     continue
                 if await self.store.claim(pending.episode_id, self.membership.me.owner_id, pending.owner):
                     tg.start_soon(one, pending)
         return report
+
+    def _adoptable(self, pending: PendingEnd) -> bool:
+        return all(i.provider == "fleet" and self.pool.can_finish(i.provider, i.origin) for i in pending.instances)
 
     async def _finish(self, pending: PendingEnd) -> bool:
         episode_id = pending.episode_id

@@ -66,7 +66,12 @@ class Runtime:
             return None
         config = self.config
         return Finisher(
-            store, self.pool, self.membership, verify_timeout=config.verify_timeout, partial=config.partial_reward
+            store,
+            self.pool,
+            self.membership,
+            verify_timeout=config.verify_timeout,
+            partial=config.partial_reward,
+            adopts=self.membership.address is not None,  # a serving replica on a shared store
         )
 
 

@@ -56,6 +56,14 @@ class Outcome:
         self.submission = Submission(answer, datetime.now(UTC))
         return self.submission
 
+    def restore(self, answer: str | None, reward: Reward | None) -> None:
+        """What the store holds of an adopted episode: its answer, and its grade if it was graded."""
+        if answer is not None:
+            self.submission = Submission(answer, datetime.now(UTC))
+        if reward is not None:
+            self.reward, self._started = reward, True
+            self._done.set()
+
     def record_tool_error(self, tool: str, message: str) -> None:
         if len(self.tool_errors) < MAX_TOOL_ERRORS:
             self.tool_errors.append(f"{tool}(): {message[:500]}")

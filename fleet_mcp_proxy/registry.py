@@ -76,6 +76,8 @@ class Registry:
         self.ended_sessions: OrderedDict[str, None] = OrderedDict()
         self.on_end: list[Callable[[Episode], Awaitable[None]]] = []
         self.closing = False
+        self.draining = False  # SIGTERM on a replica: readiness fails, live episodes are handed over at the end
+        self.adoptions = 0  # episodes taken over from replicas that are gone
         self._ending = 0  # episode ends in progress, awaited at shutdown before the store closes
         self._end_scopes: set[anyio.CancelScope] = set()
         self.pending: list[Episode] = []  # ends the shutdown grace cut short: graded by whoever finishes them
@@ -106,6 +108,25 @@ class Registry:
                 raise MCPError(INVALID_PARAMS, f"This episode is bound to {bound}; start a new one for '{task_key}'.")
             return episode
         task = self._task(task_key) if task_key is not None else None
+        episode = self.build(key, principal, task)
+        self.episodes[key] = episode
+        if telemetry.ON:
+            telemetry.episode_opened(episode.id, task.task_key if task else None, list(episode.environments))
+        task_json = task.model_dump(mode="json") if task else None
+        self.recorder.emit(
+            "open_episode", episode.id, principal, task.task_key if task else None, now(), self.owner, task_json
+        )
+        if self.shares_routes and key.startswith("key:"):  # session routes carry their handshake (episodes.py)
+            self.recorder.emit("add_route", key, episode.id)  # how another replica finds it to forward to
+        logger.info("episode %s opened%s", episode.id, f" for task {task.task_key}" if task else "")
+        return episode
+
+    def build(self, key: str, principal: str, task: Task | None, episode_id: str | None = None) -> Episode:
+        """A new episode object (nothing recorded, nothing registered); `episode_id` when adopting one.
+
+        Raises:
+            MCPError: the task's environment is not available here.
+        """
         environments = task_environments(task, self.environments, self.config) if task else self.environments
         episode = Episode(
             key,
@@ -127,20 +148,11 @@ class Registry:
             catalog_cache=self.catalog_cache,
             fleet=self.config.fleet,
             provision_on_list=self.config.provision_on_list,
+            episode_id=episode_id,
         )
         limit = task.max_steps if task is not None and task.max_steps is not None else self.config.max_steps
         if limit is not None:
             episode.steps = StepBudget(limit, on_limit=partial(self._tg.start_soon, self.end_at_step_limit, episode))
-        self.episodes[key] = episode
-        if telemetry.ON:
-            telemetry.episode_opened(episode.id, task.task_key if task else None, list(episode.environments))
-        task_json = task.model_dump(mode="json") if task else None
-        self.recorder.emit(
-            "open_episode", episode.id, principal, task.task_key if task else None, now(), self.owner, task_json
-        )
-        if self.shares_routes and key.startswith(("key:", "session:")):
-            self.recorder.emit("add_route", key, episode.id)  # how another replica finds it to forward to
-        logger.info("episode %s opened%s", episode.id, f" for task {task.task_key}" if task else "")
         return episode
 
     def _context_for(self, task: Task | None) -> ContextSettings | None:

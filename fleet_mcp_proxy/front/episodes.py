@@ -23,6 +23,7 @@ from .auth import current_principal
 from .hop import Forwarder
 from .identity import RequestIdentity, episode_key, episode_slot, task_key
 from .limits import PrincipalLimits
+from .remote import Remote
 from .waiting import wait_ready
 
 Ctx = ServerRequestContext[Any, Any]
@@ -55,6 +56,7 @@ class StateHolder:
     started: anyio.Event = field(default_factory=anyio.Event)
     lane: Any = None  # the HTTP front's FastLane, when on: its `served` count is an operator figure
     forwarder: Forwarder | None = None  # set when replicas share a store: relays requests to their owner
+    remote: Remote | None = None  # with it: forward, or adopt an episode whose owner is gone
 
 
 def connection_of(ctx: Ctx) -> Connection:
@@ -93,8 +95,9 @@ def episode_for(ctx: Ctx) -> Episode:
         episode = registry.open(slot, identity.principal, requested)
         if identity.session_id is not None and identity.session_id not in episode.session_ids:
             episode.session_ids.add(identity.session_id)
-            if registry.shares_routes and slot != f"session:{identity.session_id}":  # that one came with the open
-                episode.recorder.emit("add_route", f"session:{identity.session_id}", episode.id)
+            if registry.shares_routes:  # with its handshake: a replica adopting the episode revives the session
+                route = f"session:{identity.session_id}"
+                episode.recorder.emit("add_route", route, episode.id, _handshake(connection_of(ctx)))
     if not modern:
         conn = connection_of(ctx)
         if conn.state.get("fmp_episode") is not episode:
@@ -103,6 +106,11 @@ def episode_for(ctx: Ctx) -> Episode:
             conn.exit_stack.push_async_callback(_connection_closed, registry, episode, conn)
     episode.touch()
     return episode
+
+
+def _handshake(conn: Connection) -> dict[str, Any] | None:
+    params = conn.client_params
+    return params.model_dump(mode="json", by_alias=True, exclude_none=True) if params is not None else None
 
 
 async def _connection_closed(registry: Registry, episode: Episode, conn: Connection) -> None:

@@ -18,7 +18,7 @@ from starlette.types import Message, Receive, Scope, Send
 from ..config import ClusterConfig
 from ..ownership import Me, owner_alive
 from ..store import EpisodeStore
-from ..store.records import OwnerRecord
+from ..store.records import OwnerRecord, RouteTarget
 
 logger = logging.getLogger(__name__)
 FORWARDED_HEADER = "fleet-forwarded-by"  # set on the hop: a forwarded request is served where it lands, never again
@@ -60,19 +60,25 @@ class Forwarder:
         )
         self.forwarded = 0  # requests relayed, an operator figure on /status
 
-    async def owner_of(self, route: str) -> OwnerRecord | None:
-        """Another live replica holding the episode behind `route`, with an address; None: serve it here."""
+    @property
+    def me(self) -> Me:
+        return self._me
+
+    async def lookup(self, route: str) -> RouteTarget | None:
+        """The unfinished episode behind `route` and its holder; None: nothing known (or the store failed)."""
         try:
             with anyio.fail_after(LOOKUP_TIMEOUT):
-                owner = await self._store.route_owner(route)
+                return await self._store.route_target(route)
         except Exception:  # a slow or broken store: the request is served here, as without a shared store
             logger.warning("could not look up the owner of a request in the episode store; serving it here")
             return None
+
+    def live_owner(self, target: RouteTarget) -> OwnerRecord | None:
+        """Another live replica holding the episode, with an address to forward to; None: not forwarded."""
+        owner = target.owner
         if owner is None or owner.owner_id == self._me.owner_id or not owner.address:
             return None
-        if not owner_alive(owner, at=time.time(), me=self._me):
-            return None  # its lease ran out: not forwarded (adopting its episodes is not done here)
-        return owner
+        return owner if owner_alive(owner, at=time.time(), me=self._me) else None
 
     async def forward(
         self, owner: OwnerRecord, scope: Scope, receive: Receive, send: Send, unreachable: Response

@@ -54,11 +54,9 @@ def _jsonrpc_error(status: int, code: int, message: str) -> Response:
     return Response(json.dumps(body), status_code=status, media_type="application/json")
 
 
-def _unreachable(key: str | None) -> Response:
-    """What the agent gets when the replica holding its episode cannot be reached: a session is unknown here,
-    as after any lost session; a keyed episode is worth retrying shortly."""
-    if key is None:
-        return session_not_found()
+def _unreachable() -> Response:
+    """What the agent gets when the replica holding its episode cannot be reached: worth retrying shortly (once
+    that replica's lease runs out, the next request's replica adopts the episode)."""
     message = "The proxy replica that holds this episode cannot be reached right now; try again shortly."
     return _jsonrpc_error(503, INTERNAL_ERROR, message)
 
@@ -85,12 +83,13 @@ class McpEndpoint:
             # The episode behind this session is over (idle timeout): the client must start afresh.
             await session_not_found()(scope, receive, send)
             return
-        forwarder = self._holder.forwarder  # None unless replicas share a store: no lookups on the default
-        if forwarder is not None and state is not None and FORWARDED_HEADER not in request.headers:
+        remote = self._holder.remote  # None unless replicas share a store: no lookups on the default
+        if remote is not None and state is not None:
             route = self._remote_route(state, key, session_id)
-            owner = await forwarder.owner_of(route) if route is not None else None
-            if owner is not None:
-                await forwarder.forward(owner, scope, receive, send, _unreachable(key))
+            forwarded = FORWARDED_HEADER in request.headers  # served where it lands, never forwarded again
+            if route is not None and await remote.answer(
+                self._manager, route, session_id, scope, receive, send, _unreachable(), forwarded=forwarded
+            ):
                 return
         if request.method == "DELETE" and key is not None and session_id is None and state is not None:
             # The explicit end of a keyed episode. A DELETE that carries a session id ends only that
@@ -108,12 +107,11 @@ class McpEndpoint:
 
     def _remote_route(self, state: ProxyState, key: str | None, session_id: str | None) -> str | None:
         """The store route of a request whose episode or session is not in this process (dict lookups only)."""
+        unknown_session = session_id is not None and session_id not in getattr(self._manager, "_server_instances", {})
         if key is not None:
             slot = f"key:{current_principal()}:{key}"
-            return None if slot in state.registry.episodes else slot
-        if session_id is not None and session_id not in getattr(self._manager, "_server_instances", {}):
-            return f"session:{session_id}"
-        return None
+            return slot if slot not in state.registry.episodes or unknown_session else None
+        return f"session:{session_id}" if unknown_session else None
 
     async def terminate_sessions(self, episode: Episode) -> None:
         """Close the transport sessions of an ended episode so connected clients notice at once."""

@@ -18,6 +18,7 @@ from mcp_types.methods import CacheableMethod
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from .. import __version__, lifecycle, telemetry
+from ..adoption import Adopter
 from ..calls import forward_tool_call
 from ..chatlog import parse_handover
 from ..config import EnvironmentConfig, ProxyConfig
@@ -34,6 +35,7 @@ from .admission import CallRefused, call_slot
 from .episodes import Ctx, ProxyState, StateHolder, episode_for, ready_episode, reserve_instances
 from .hop import Forwarder
 from .identity import episode_key, task_key
+from .remote import Remote
 from .toolresult import finish_forwarded, record_call
 from .waiting import wait_ready
 
@@ -228,15 +230,19 @@ def build_server(
             tg.start_soon(registry.reap_idle)
             membership = runtime.membership
             if holder is not None:
-                if membership is not None and membership.address is not None and runtime.recorder.store is not None:
-                    holder.forwarder = Forwarder(runtime.recorder.store, membership.me, config.cluster)
+                store = runtime.recorder.store
+                if membership is not None and membership.address is not None and store is not None:
+                    holder.forwarder = Forwarder(store, membership.me, config.cluster)
+                    adopter = Adopter(registry, store, runtime.pool, membership.me)
+                    holder.remote = Remote(holder.forwarder, adopter)
+                    tg.start_soon(adopter.run)
                 holder.state = state
                 holder.started.set()
             try:
                 yield state
             finally:
                 if holder is not None and holder.forwarder is not None:
-                    forwarder, holder.forwarder = holder.forwarder, None
+                    forwarder, holder.forwarder, holder.remote = holder.forwarder, None, None
                     await forwarder.aclose()
                 # stdio: the client kills us 2 s after closing stdin, so pending ends go to a finisher at once.
                 grace = min(config.shutdown_grace, STDIO_GRACE) if front == "stdio" else config.shutdown_grace

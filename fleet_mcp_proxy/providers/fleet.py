@@ -237,6 +237,28 @@ class FleetProvider:
             origin=self.origin,
         )
 
+    def reattached(self, env: EnvironmentConfig, instance_id: str, url: str, expires_at: float | None) -> Instance:
+        """An instance another replica created, rebuilt from the address it recorded (no call to Fleet).
+
+        Raises:
+            ProvisionError: the record does not hold a usable address.
+        """
+        paths = endpoint_paths(env.modality)
+        root = url[: -len(paths[0])] if url.endswith("/" + paths[0]) else ""
+        if not is_instance_id(instance_id) or not is_instance_url(root):
+            raise ProvisionError(f"the store holds no usable address for instance {instance_id}")
+        headers = {"Authorization": f"Bearer {self.settings.api_key}"}
+        endpoints = [HttpTarget(root + path, headers) for path in paths]
+        return Instance(
+            env.name,
+            instance_id,
+            self.name,
+            endpoints[0],
+            expires_at=expires_at,
+            union=tuple(endpoints[1:]),
+            origin=self.origin,
+        )
+
     async def ready(self, instance: Instance, deadline: float) -> None:
         """Ready: status `running`, and initialize + tools/list answers with at least one tool."""
         assert isinstance(instance.target, HttpTarget)

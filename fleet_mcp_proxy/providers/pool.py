@@ -16,11 +16,12 @@ import stamina
 from ..config import GRADING_MARGIN, EnvironmentConfig, ProxyConfig
 from .base import HttpTarget, Instance, ProvisionError
 from .fleet import FleetProvider
-from .leases import Delete, LeaseKeeper
+from .leases import Delete, LeaseKeeper, beat_interval
 from .local import LocalProvider
 from .warm import WarmPool
 
 if TYPE_CHECKING:
+    from ..store.records import PendingInstance
     from ..tasks import Task
 from ..verify.local import run_local
 from ..verify.scoring import VerifierRun
@@ -130,6 +131,38 @@ class InstancePool:
             self.keeper.release(instance, self.fleet.delete)
             raise
         return instance
+
+    def can_reattach(self, env: EnvironmentConfig, held: PendingInstance) -> bool:
+        """Whether `reattach` can take this instance over here (pure: nothing is held yet)."""
+        if not self.can_finish(held.provider, held.origin):
+            return False
+        return (held.provider == "fleet" and self.fleet is not None) or (
+            held.provider == "local" and env.url is not None
+        )
+
+    def reattach(
+        self, env: EnvironmentConfig, held: PendingInstance, on_lost: Callable[[str], None] | None
+    ) -> Instance:
+        """Take over an instance a replica that is gone held, and keep it alive from now on.
+
+        Raises:
+            ProvisionError: it cannot be taken over here (another account, or a process of the replica that died).
+        """
+        if not self.can_finish(held.provider, held.origin):
+            raise ProvisionError(f"instance {held.instance_id} lives in an account this replica does not reach")
+        if held.provider == "fleet" and self.fleet is not None:
+            instance = self.fleet.reattached(env, held.instance_id, held.url or "", held.expires_at)
+            ttl = self.fleet.ttl_of(env)
+            # Beat at once: the last beat of the replica that is gone may be most of a lease ago.
+            since = anyio.current_time() - beat_interval(ttl) if ttl is not None else None
+            self.keeper.hold(instance, heartbeat=self.fleet.heartbeat, ttl=ttl, on_lost=on_lost, since=since)
+            return instance
+        if env.url is not None:  # a configured URL: the same server for every replica
+            target = HttpTarget(env.url, dict(env.headers))
+            instance = Instance(env.name, held.instance_id, "local", target, origin=self.local.origin)
+            self.keeper.hold(instance)
+            return instance
+        raise ProvisionError(f"environment '{env.name}' ran as a process of the replica that stopped")
 
     def _release_fleet(self, instance: Instance) -> None:
         if self.fleet is not None:

@@ -56,5 +56,8 @@ _V5 = (
     "CREATE INDEX routes_by_episode ON routes (episode_id)",
 )
 
+# Version 6: a session route's `initialize` params (see `schema.py`).
+_V6 = ("ALTER TABLE routes ADD COLUMN handshake TEXT",)
+
 # PG_MIGRATIONS[n - 1] takes a store to version n
-PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5)
+PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)

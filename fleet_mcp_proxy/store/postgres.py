@@ -33,10 +33,21 @@ from .records import (
     PendingEnd,
     Provider,
     RecordNotFound,
+    RouteTarget,
     StoreError,
     to_iso,
 )
-from .rows import episode_fields, json_object, owner_of, pending_ends, record_of
+from .rows import (
+    ORPHANS,
+    ROUTE_TARGET,
+    UNFINISHED,
+    episode_fields,
+    json_object,
+    owner_of,
+    pending_ends,
+    record_of,
+    route_target_of,
+)
 from .schema import SCHEMA_VERSION
 
 POOL_SIZE = 4  # the recorder is one writer; the rest serve reads (dashboard, finisher) beside it
@@ -71,8 +82,8 @@ _SUMMARIES = """SELECT e.*, (SELECT COUNT(*) FROM calls c WHERE c.episode_id = e
 _REGISTER = """INSERT INTO owners (id, host, pid, started_at, lease_until, address) VALUES ($1, $2, $3, $4, $5, $6)
     ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid, started_at = EXCLUDED.started_at,
     lease_until = EXCLUDED.lease_until, address = EXCLUDED.address"""
-_ADD_ROUTE = """INSERT INTO routes (route, episode_id) VALUES ($1, $2)
-    ON CONFLICT (route) DO UPDATE SET episode_id = EXCLUDED.episode_id"""
+_ADD_ROUTE = """INSERT INTO routes (route, episode_id, handshake) VALUES ($1, $2, $3)
+    ON CONFLICT (route) DO UPDATE SET episode_id = EXCLUDED.episode_id, handshake = EXCLUDED.handshake"""
 _ROUTE_OWNER = """SELECT o.* FROM routes r JOIN episodes e ON e.id = r.episode_id JOIN owners o ON o.id = e.owner
     WHERE r.route = $1 AND e.state <> 'closed'"""
 _EXPORT_FIRST = "SELECT started_at, id FROM episodes WHERE started_at >= $1 ORDER BY started_at, id LIMIT $2"
@@ -271,7 +282,7 @@ class PostgresStore:
 
     async def unfinished(self) -> builtins.list[PendingEnd]:
         async with self._connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            episodes = await conn.fetch("SELECT * FROM episodes WHERE state <> 'closed' ORDER BY started_at")
+            episodes = await conn.fetch(UNFINISHED.format(""))
             instances = await conn.fetch(_UNRELEASED)
         return pending_ends(episodes, instances)
 
@@ -305,9 +316,26 @@ class PostgresStore:
             value = await conn.fetchval("SELECT value FROM meta WHERE key = $1", key)
         return None if value is None else str(value)
 
-    async def add_route(self, route: str, episode_id: str) -> None:
+    async def add_route(self, route: str, episode_id: str, handshake: JSONObject | None = None) -> None:
+        shake = json.dumps(handshake) if handshake is not None else None
         async with self._connection(episode_id) as conn:
-            await conn.execute(_ADD_ROUTE, route, episode_id)
+            await conn.execute(_ADD_ROUTE, route, episode_id, shake)
+
+    async def route_target(self, route: str) -> RouteTarget | None:
+        rows = await self._fetch(ROUTE_TARGET.format("$1"), route)
+        return route_target_of(rows[0]) if rows else None
+
+    async def orphans(self, at: float, limit: int = 100) -> builtins.list[tuple[str, str]]:
+        rows = await self._fetch(ORPHANS.format("$1", "$2"), at, limit)
+        return [(row["id"], row["route"]) for row in rows]
+
+    async def pending_end(self, episode_id: str) -> PendingEnd | None:
+        async with self._connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            episodes = await conn.fetch(UNFINISHED.format("AND e.id = $1"), episode_id)
+            instances = await conn.fetch(
+                "SELECT * FROM instances WHERE episode_id = $1 AND released_at IS NULL ORDER BY position", episode_id
+            )
+        return next(iter(pending_ends(episodes, instances)), None)
 
     async def route_owner(self, route: str) -> OwnerRecord | None:
         rows = await self._fetch(_ROUTE_OWNER, route)

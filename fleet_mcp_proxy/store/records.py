@@ -183,6 +183,7 @@ class PendingEnd:
     answer: str | None
     reward: JSONObject | None
     instances: tuple[PendingInstance, ...]  # not yet released
+    routed: bool = False  # another replica can find it by a key or session (and so adopt it)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,6 +196,17 @@ class OwnerRecord:
     started_at: datetime
     lease_until: float  # epoch seconds
     address: str | None = None  # where other replicas reach it (e.g. http://10.0.0.5:8000), if it serves
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteTarget:
+    """The unfinished episode an outside name points at, who holds it, and how its session was opened."""
+
+    episode_id: str
+    state: EndState
+    owner_id: str | None
+    owner: OwnerRecord | None  # None when nobody holds it or its holder's row is gone
+    handshake: JSONObject | None  # a session route's `initialize` params
 
 
 class EpisodeStore(Protocol):
@@ -275,8 +287,21 @@ class EpisodeStore(Protocol):
         ...
 
     # -- routes: which episode an outside name (a key slot `key:PRINCIPAL:KEY`, or `session:ID`) belongs to --
-    async def add_route(self, route: str, episode_id: str) -> None:
-        """Point `route` at `episode_id` (a reused key moves to its newest episode)."""
+    async def add_route(self, route: str, episode_id: str, handshake: JSONObject | None = None) -> None:
+        """Point `route` at `episode_id` (a reused key moves to its newest episode); a session route keeps the
+        `initialize` params it was opened with."""
+        ...
+
+    async def route_target(self, route: str) -> RouteTarget | None:
+        """The unfinished episode `route` points at, with its holder's row (one read)."""
+        ...
+
+    async def orphans(self, at: float, limit: int = 100) -> builtins.list[tuple[str, str]]:
+        """(episode id, route) of live episodes whose holder is gone by its lease at epoch `at`, or nobody."""
+        ...
+
+    async def pending_end(self, episode_id: str) -> PendingEnd | None:
+        """One unfinished episode with its unreleased instances (what adopting it needs)."""
         ...
 
     async def route_owner(self, route: str) -> OwnerRecord | None:

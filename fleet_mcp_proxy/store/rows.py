@@ -15,8 +15,15 @@ from .records import (
     OwnerRecord,
     PendingEnd,
     PendingInstance,
+    RouteTarget,
     from_iso,
 )
+
+# One read for a request that landed away from its episode: the route, its episode's state and its holder's row.
+ROUTE_TARGET = """SELECT r.episode_id, r.handshake, e.state, e.owner AS holder, o.id AS owner_row, o.host, o.pid,
+    o.started_at AS owner_started, o.lease_until, o.address
+    FROM routes r JOIN episodes e ON e.id = r.episode_id LEFT JOIN owners o ON o.id = e.owner
+    WHERE r.route = {0} AND e.state <> 'closed'"""
 
 
 class Row(Protocol):
@@ -78,6 +85,37 @@ def owner_of(row: Row) -> OwnerRecord:
     )
 
 
+# Unfinished episode rows, each with whether another replica could find it by an outside name (adopt it).
+UNFINISHED = """SELECT e.*, EXISTS (SELECT 1 FROM routes r WHERE r.episode_id = e.id) AS routed
+    FROM episodes e WHERE e.state <> 'closed' {0} ORDER BY e.started_at"""
+
+# Live episodes nobody holds any more (no owner, a gone owner row, or a lapsed lease), with one outside name each:
+# a key slot when it has one, else the session it was opened with. Same-host pid checks are left to the caller.
+ORPHANS = """SELECT e.id, MIN(r.route) AS route FROM episodes e JOIN routes r ON r.episode_id = e.id
+    LEFT JOIN owners o ON o.id = e.owner
+    WHERE e.state = 'live' AND (o.id IS NULL OR o.lease_until < {0}) GROUP BY e.id ORDER BY e.id LIMIT {1}"""
+
+
+def route_target_of(row: Row) -> RouteTarget:
+    owner = None
+    if row["owner_row"] is not None:
+        owner = OwnerRecord(
+            owner_id=row["owner_row"],
+            host=row["host"],
+            pid=row["pid"],
+            started_at=from_iso(row["owner_started"]),
+            lease_until=row["lease_until"],
+            address=row["address"],
+        )
+    return RouteTarget(
+        episode_id=row["episode_id"],
+        state=row["state"],
+        owner_id=row["holder"],
+        owner=owner,
+        handshake=json_object(row["handshake"]),
+    )
+
+
 def pending_ends(episodes: Iterable[Row], instances: Iterable[Row]) -> list[PendingEnd]:
     """Unfinished episode rows with their unreleased instances."""
     held: dict[str, list[PendingInstance]] = {}
@@ -104,6 +142,7 @@ def pending_ends(episodes: Iterable[Row], instances: Iterable[Row]) -> list[Pend
             answer=row["answer"],
             reward=json_object(row["reward"]),
             instances=tuple(held.get(row["id"], ())),
+            routed=bool(row["routed"]),
         )
         for row in episodes
     ]

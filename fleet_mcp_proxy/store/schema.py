@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Version 1: the episode record.
 _V1 = (
@@ -54,4 +54,8 @@ _V5 = (
     "CREATE INDEX routes_by_episode ON routes (episode_id)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5)  # MIGRATIONS[n - 1] takes a store to version n
+# Version 6: how a handshake-era session was opened (its `initialize` params as JSON), so that a replica adopting
+# the episode of a dead owner can revive the session under the same id.
+_V6 = ("ALTER TABLE routes ADD COLUMN handshake TEXT",)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)  # MIGRATIONS[n - 1] takes a store to version n

@@ -27,10 +27,21 @@ from .records import (
     PendingEnd,
     Provider,
     RecordNotFound,
+    RouteTarget,
     StoreError,
     to_iso,
 )
-from .rows import episode_fields, json_object, owner_of, pending_ends, record_of
+from .rows import (
+    ORPHANS,
+    ROUTE_TARGET,
+    UNFINISHED,
+    episode_fields,
+    json_object,
+    owner_of,
+    pending_ends,
+    record_of,
+    route_target_of,
+)
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
 # One statement, so numbering is atomic even if another connection writes the same file.
@@ -241,9 +252,7 @@ class SQLiteStore:
         async with self._exclusive() as db:
             await db.execute("BEGIN")
             try:
-                episodes = await db.execute_fetchall(
-                    "SELECT * FROM episodes WHERE state != 'closed' ORDER BY started_at"
-                )
+                episodes = await db.execute_fetchall(UNFINISHED.format(""))
                 instances = await db.execute_fetchall(_UNRELEASED)
             finally:
                 await db.execute("COMMIT")
@@ -287,9 +296,28 @@ class SQLiteStore:
             rows = builtins.list(await db.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,)))
         return str(rows[0][0]) if rows else None
 
-    async def add_route(self, route: str, episode_id: str) -> None:
-        sql = "INSERT OR REPLACE INTO routes (route, episode_id) VALUES (?, ?)"
-        await self._write(episode_id, sql, (route, episode_id), must_change=False)
+    async def add_route(self, route: str, episode_id: str, handshake: JSONObject | None = None) -> None:
+        sql = "INSERT OR REPLACE INTO routes (route, episode_id, handshake) VALUES (?, ?, ?)"
+        shake = json.dumps(handshake) if handshake is not None else None
+        await self._write(episode_id, sql, (route, episode_id, shake), must_change=False)
+
+    async def route_target(self, route: str) -> RouteTarget | None:
+        async with self._exclusive() as db:
+            rows = await db.execute_fetchall(ROUTE_TARGET.format("?"), (route,))
+        return next((route_target_of(row) for row in rows), None)
+
+    async def orphans(self, at: float, limit: int = 100) -> builtins.list[tuple[str, str]]:
+        async with self._exclusive() as db:
+            rows = await db.execute_fetchall(ORPHANS.format("?", "?"), (at, limit))
+        return [(row["id"], row["route"]) for row in rows]
+
+    async def pending_end(self, episode_id: str) -> PendingEnd | None:
+        async with self._exclusive() as db:
+            episodes = await db.execute_fetchall(UNFINISHED.format("AND e.id = ?"), (episode_id,))
+            instances = await db.execute_fetchall(
+                "SELECT * FROM instances WHERE episode_id = ? AND released_at IS NULL ORDER BY rowid", (episode_id,)
+            )
+        return next(iter(pending_ends(episodes, instances)), None)
 
     async def route_owner(self, route: str) -> OwnerRecord | None:
         async with self._exclusive() as db:

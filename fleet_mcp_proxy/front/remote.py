@@ -1,0 +1,62 @@
+"""A request whose episode this replica does not hold: forward it to the live owner, or adopt the episode when
+its owner is gone (and revive the handshake-era session it belongs to), or leave it to be served here as new."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from ..adoption import Adopter, orphaned
+from .auth import current_principal
+from .hop import Forwarder
+from .revive import revive_session
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Remote:
+    forwarder: Forwarder
+    adopter: Adopter
+
+    async def answer(
+        self,
+        manager: StreamableHTTPSessionManager,
+        route: str,
+        session_id: str | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        unreachable: Response,
+        *,
+        forwarded: bool,
+    ) -> bool:
+        """True when the request was answered elsewhere; False: serve it here (adopted, or nobody holds it)."""
+        target = await self.forwarder.lookup(route)
+        if target is None:
+            return False
+        me = self.forwarder.me
+        principal = current_principal()
+        if target.owner_id == me.owner_id:  # adopted here in the background: its session may need reviving
+            episode = self.adopter.registry.episodes.get(route)
+        else:
+            owner = self.forwarder.live_owner(target)
+            if owner is not None and not forwarded:
+                await self.forwarder.forward(owner, scope, receive, send, unreachable)
+                return True
+            if owner is not None or not orphaned(target, me, at=time.time()):
+                return False
+            episode = await self.adopter.adopt(route, target, principal, session_id)
+        if episode is None or session_id is None or session_id in manager._server_instances:
+            return False
+        # The client's session id must be served here now, as the client opened it, before the SDK sees it.
+        shake = target if route == f"session:{session_id}" else await self.forwarder.lookup(f"session:{session_id}")
+        handshake = shake.handshake if shake is not None and episode.principal == principal else None
+        if handshake is not None and await revive_session(manager, session_id, handshake, scope):
+            episode.session_ids.add(session_id)
+        return False
