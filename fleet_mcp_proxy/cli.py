@@ -10,12 +10,12 @@ import warnings
 from collections.abc import Sequence
 
 import anyio
-import uvicorn
 from mcp.shared.exceptions import MCPDeprecationWarning
 
 from . import __version__, episodes_cli, finish_cli, ops_cli, telemetry
 from .config import TOKEN_ENV, ConfigError, EnvironmentConfig, ProxyConfig, check_exposure, is_loopback, load_config
 from .demo import DEMO_TASKS
+from .front.drain import DrainingServer
 from .front.episodes import StateHolder
 from .front.http import build_app
 from .front.server import build_server
@@ -129,7 +129,10 @@ async def _serve_http(config: ProxyConfig, tasks: dict[str, Task]) -> None:
     holder = StateHolder()
     server = build_server(config, environments_of(config), holder, front="http", tasks=tasks)
     app = build_app(config, server, holder)
-    uv = uvicorn.Server(uvicorn_config(app, config))
+    # A replica on a shared store drains on SIGTERM; the embedded default stops as it always did.
+    uv = DrainingServer(
+        uvicorn_config(app, config), holder, delay=config.cluster.drain_delay, grace=config.shutdown_grace
+    )
     if not is_loopback(config.host) and not config.auth.enabled:
         logger.warning(
             "serving %s without client authentication: anyone who reaches it can spend instances "

@@ -169,6 +169,9 @@ class ClusterConfig(_Frozen):
     forward_connect_timeout: float = Field(default=5.0, gt=0)  # reaching the owner replica
     # Until the owner's response starts: a JSON answer to a slow tool call starts only when the call ends.
     forward_first_byte_timeout: float = Field(default=600.0, gt=0)
+    # On SIGTERM: how long readiness fails before live episodes are handed over, so the load balancer's health
+    # check (deploy/haproxy.cfg: every 0.5 s, down after 2 failures) stops sending new episodes first.
+    drain_delay: float = Field(default=2.0, ge=0, le=60)
 
     @field_validator("advertise")
     @classmethod

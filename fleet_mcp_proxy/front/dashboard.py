@@ -105,7 +105,7 @@ def routes(holder: StateHolder) -> list[Route]:
                 _, _, store = await _read_store(state.recorder.store, [], 1)
         ready, body = readiness(
             started=state is not None,
-            closing=state is not None and state.registry.closing,
+            closing=state is not None and (state.registry.closing or state.registry.draining),
             store=store,
             fleet="configured" if state is not None and state.pool.fleet is not None else "not used",
         )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 
 import anyio
 import httpx
@@ -21,6 +20,7 @@ from ..store import EpisodeStore
 from ..store.records import OwnerRecord, RouteTarget
 
 logger = logging.getLogger(__name__)
+HANDED_OVER_HEADER = "fleet-handed-over"  # on a 503 from a draining replica: serve the request where it is
 FORWARDED_HEADER = "fleet-forwarded-by"  # set on the hop: a forwarded request is served where it lands, never again
 LOOKUP_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 2.0
@@ -42,14 +42,19 @@ _HOP_BY_HOP = frozenset(
 
 
 class _ClientGone(Exception):
-    """The agent disconnected while its request body was being relayed."""
+    """The agent disconnected while its request body was being read."""
+
+
+class _TooLarge(Exception):
+    """The request body is over the proxy's limit."""
 
 
 class Forwarder:
     """Finds the live owner of a route in the store and relays a request to it."""
 
-    def __init__(self, store: EpisodeStore, me: Me, settings: ClusterConfig) -> None:
+    def __init__(self, store: EpisodeStore, me: Me, settings: ClusterConfig, body_limit: int) -> None:
         self._store = store
+        self._body_limit = body_limit
         self._me = me
         self._first_byte = settings.forward_first_byte_timeout
         timeout = httpx.Timeout(connect=settings.forward_connect_timeout, read=None, write=30.0, pool=30.0)
@@ -82,39 +87,32 @@ class Forwarder:
 
     async def forward(
         self, owner: OwnerRecord, scope: Scope, receive: Receive, send: Send, unreachable: Response
-    ) -> None:
-        """Relay the request to `owner`; `unreachable` answers the agent when the owner cannot be reached."""
+    ) -> bytes | None:
+        """Relay the request to `owner`; None once the agent was answered. The request's body when the owner
+        answered that it handed the episode over meanwhile (a drain): the caller serves it here instead.
+
+        The body is read whole first (one JSON-RPC message, bounded like the SDK bounds it), so that it can be
+        served here after all; the answer streams back as the owner produces it.
+        """
         assert owner.address is not None
         query = scope.get("query_string", b"").decode("latin-1")
         url = f"{owner.address}{scope['path']}" + (f"?{query}" if query else "")
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP]
         headers.append((FORWARDED_HEADER.encode(), self._me.owner_id.encode()))
         has_body = any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
-        body_done = anyio.Event()
-
-        async def body() -> AsyncIterator[bytes]:
+        body = b""
+        if has_body:
             try:
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise _ClientGone
-                    if chunk := message.get("body", b""):
-                        yield chunk
-                    if not message.get("more_body", False):
-                        return
-            finally:
-                body_done.set()
-
-        if not has_body:
-            body_done.set()
-        request = self._client.build_request(
-            scope["method"], url, headers=headers, content=body() if has_body else None
-        )
+                body = await _read_body(receive, self._body_limit)
+            except _ClientGone:
+                return None
+            except _TooLarge:
+                await Response("Request body too large", 413)(scope, receive, send)
+                return None
+        request = self._client.build_request(scope["method"], url, headers=headers, content=body if has_body else None)
         try:
             with anyio.fail_after(self._first_byte):
                 response = await self._client.send(request, stream=True)
-        except _ClientGone:
-            return
         except Exception as exc:  # refused, timed out, or a malformed address in another replica's row
             logger.warning(
                 "could not forward a request to replica %s (%s, host %s): %s",
@@ -124,16 +122,21 @@ class Forwarder:
                 type(exc).__name__,
             )
             await unreachable(scope, receive, send)
-            return
+            return None
+        if response.status_code == 503 and HANDED_OVER_HEADER in response.headers:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+                await response.aclose()
+            return body
         self.forwarded += 1
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_cancel_on_disconnect, receive, body_done, tg.cancel_scope)
+                tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
                 await _relay(response, send)
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
                 await response.aclose()
+        return None
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
@@ -151,11 +154,23 @@ async def _relay(response: httpx.Response, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _cancel_on_disconnect(receive: Receive, body_done: anyio.Event, scope: anyio.CancelScope) -> None:
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
     """Stop relaying (and close the hop) when the agent goes away, e.g. from an open SSE stream."""
-    await body_done.wait()
     while True:
         message: Message = await receive()
         if message["type"] == "http.disconnect":
             scope.cancel()
             return
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise _TooLarge
+        if not message.get("more_body", False):
+            return bytes(body)

@@ -87,10 +87,13 @@ class McpEndpoint:
         if remote is not None and state is not None:
             route = self._remote_route(state, key, session_id)
             forwarded = FORWARDED_HEADER in request.headers  # served where it lands, never forwarded again
-            if route is not None and await remote.answer(
-                self._manager, route, session_id, scope, receive, send, _unreachable(), forwarded=forwarded
-            ):
-                return
+            if route is not None:
+                served_here = await remote.answer(
+                    self._manager, route, session_id, scope, receive, send, _unreachable(), forwarded=forwarded
+                )
+                if served_here is None:
+                    return
+                receive = served_here
         if request.method == "DELETE" and key is not None and session_id is None and state is not None:
             # The explicit end of a keyed episode. A DELETE that carries a session id ends only that
             # transport session: SDK clients send one on every clean exit, and the key outlives them.

@@ -7,12 +7,14 @@ import logging
 import time
 from dataclasses import dataclass
 
+import anyio
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..adoption import Adopter, orphaned
 from .auth import current_principal
+from .drain import handed_over
 from .hop import Forwarder
 from .revive import revive_session
 
@@ -35,28 +37,51 @@ class Remote:
         unreachable: Response,
         *,
         forwarded: bool,
-    ) -> bool:
-        """True when the request was answered elsewhere; False: serve it here (adopted, or nobody holds it)."""
+    ) -> Receive | None:
+        """None when the request was answered elsewhere; otherwise the `receive` to serve it here with (adopted
+        here, or nobody holds it)."""
         target = await self.forwarder.lookup(route)
         if target is None:
-            return False
+            return receive
         me = self.forwarder.me
+        registry = self.adopter.registry
         principal = current_principal()
         if target.owner_id == me.owner_id:  # adopted here in the background: its session may need reviving
-            episode = self.adopter.registry.episodes.get(route)
+            episode = registry.episodes.get(route)
         else:
             owner = self.forwarder.live_owner(target)
             if owner is not None and not forwarded:
-                await self.forwarder.forward(owner, scope, receive, send, unreachable)
-                return True
-            if owner is not None or not orphaned(target, me, at=time.time()):
-                return False
+                body = await self.forwarder.forward(owner, scope, receive, send, unreachable)
+                if body is None:
+                    return None
+                receive = _replay(body)  # the owner handed the episode over meanwhile: adopt it here
+                target = await self.forwarder.lookup(route)
+                if target is None:
+                    return receive
+            elif owner is not None or not orphaned(target, me, at=time.time()):
+                return receive
+            if registry.draining:  # a stopping replica adopts nothing: the balancer retries elsewhere
+                await handed_over()(scope, receive, send)
+                return None
             episode = await self.adopter.adopt(route, target, principal, session_id)
         if episode is None or session_id is None or session_id in manager._server_instances:
-            return False
+            return receive
         # The client's session id must be served here now, as the client opened it, before the SDK sees it.
         shake = target if route == f"session:{session_id}" else await self.forwarder.lookup(f"session:{session_id}")
         handshake = shake.handshake if shake is not None and episode.principal == principal else None
         if handshake is not None and await revive_session(manager, session_id, handshake, scope):
             episode.session_ids.add(session_id)
-        return False
+        return receive
+
+
+def _replay(body: bytes) -> Receive:
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+    gone = anyio.Event()
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop()
+        await gone.wait()  # the body was read whole: nothing more comes but the end of the connection
+        return {"type": "http.disconnect"}
+
+    return replayed

@@ -232,7 +232,7 @@ def build_server(
             if holder is not None:
                 store = runtime.recorder.store
                 if membership is not None and membership.address is not None and store is not None:
-                    holder.forwarder = Forwarder(store, membership.me, config.cluster)
+                    holder.forwarder = Forwarder(store, membership.me, config.cluster, config.max_request_body)
                     adopter = Adopter(registry, store, runtime.pool, membership.me)
                     holder.remote = Remote(holder.forwarder, adopter)
                     tg.start_soon(adopter.run)

@@ -289,6 +289,10 @@ class PostgresStore:
     async def claim(self, episode_id: str, owner: str, expected: str | None) -> bool:
         return bool(await self._write(episode_id, _CLAIM, owner, episode_id, expected, must_change=False))
 
+    async def hand_over(self, episode_id: str, owner: str) -> bool:
+        sql = "UPDATE episodes SET owner = NULL WHERE id = $1 AND owner = $2 AND state = 'live' RETURNING id"
+        return bool(await self._write(episode_id, sql, episode_id, owner, must_change=False))
+
     async def disown(self, owner: str) -> int:
         sql = "UPDATE episodes SET owner = NULL WHERE owner = $1 AND state <> 'closed' RETURNING id"
         return len(await self._write("", sql, owner, must_change=False))

@@ -271,6 +271,10 @@ class EpisodeStore(Protocol):
         """Compare-and-set the owner of a row that is not closed; True if this caller now owns it."""
         ...
 
+    async def hand_over(self, episode_id: str, owner: str) -> bool:
+        """Give up one live row `owner` holds, for the next replica its agent reaches (a drain); True if it did."""
+        ...
+
     async def disown(self, owner: str) -> int:
         """Give up every unfinished row `owner` holds (for the next process or a finisher); returns the count."""
         ...

@@ -262,6 +262,10 @@ class SQLiteStore:
         rows = await self._write(episode_id, _CLAIM, (owner, episode_id, expected, expected), must_change=False)
         return bool(rows)
 
+    async def hand_over(self, episode_id: str, owner: str) -> bool:
+        sql = "UPDATE episodes SET owner = NULL WHERE id = ? AND owner = ? AND state = 'live' RETURNING id"
+        return bool(await self._write(episode_id, sql, (episode_id, owner), must_change=False))
+
     async def disown(self, owner: str) -> int:
         rows = await self._write(
             "",
