@@ -67,6 +67,12 @@ class Adopter:
             del self._flights[slot]
             done.set()
 
+    async def settled(self, slot: str) -> Episode | None:
+        """The episode registered under `slot`, once an adoption of it in flight here is done."""
+        if (running := self._flights.get(slot)) is not None:
+            await running.wait()
+        return self.registry.episodes.get(slot)
+
     async def run(self) -> None:
         """Adopt, in the background, live episodes whose holder is gone and that no request has brought here yet:
         their instances get heartbeats again before the platform stops them (a drained replica hands its
@@ -97,10 +103,12 @@ class Adopter:
         pending = await self.store.pending_end(target.episode_id)
         if pending is None or pending.state != "live" or principal not in (None, pending.principal):
             return None
+        if pending.owner != target.owner_id:  # taken since the holder was judged gone: not ours to take
+            return None
         episode = self._episode(slot, pending)
         if episode is None:
             return None
-        if not await self.store.claim(pending.episode_id, self.me.owner_id, pending.owner):
+        if not await self.store.claim(pending.episode_id, self.me.owner_id, target.owner_id):
             logger.info("episode %s was adopted by another replica first", pending.episode_id)
             return None
         instances: list[Instance] = []

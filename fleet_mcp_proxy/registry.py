@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -78,6 +79,8 @@ class Registry:
         self.closing = False
         self.draining = False  # SIGTERM on a replica: readiness fails, live episodes are handed over at the end
         self.adoptions = 0  # episodes taken over from replicas that are gone
+        self.handed_over: set[str] = set()  # keys a drain gave up: answered "handed over" from then on
+        self.requests: Counter[str] = Counter()  # requests being served, by key (replicas sharing a store only)
         self._ending = 0  # episode ends in progress, awaited at shutdown before the store closes
         self._end_scopes: set[anyio.CancelScope] = set()
         self.pending: list[Episode] = []  # ends the shutdown grace cut short: graded by whoever finishes them
@@ -166,6 +169,19 @@ class Registry:
             known = ", ".join(sorted(self.tasks)[:10]) or "none are loaded (serve --tasks FILE)"
             raise MCPError(INVALID_PARAMS, f"Unknown task '{task_key}'. Known tasks: {known}.")
         return task
+
+    @contextmanager
+    def serving(self, key: str | None) -> Iterator[None]:
+        if key is None:
+            yield
+            return
+        self.requests[key] += 1
+        try:
+            yield
+        finally:
+            self.requests[key] -= 1
+            if not self.requests[key]:
+                del self.requests[key]
 
     @property
     def ends_in_progress(self) -> int:

@@ -46,7 +46,8 @@ async def drain(holder: StateHolder, *, delay: float, grace: float) -> None:
     with anyio.move_on_after(grace):
         while any(e.end_state == "live" for e in registry.episodes.values()):
             for key, episode in list(registry.episodes.items()):
-                if episode.inflight == 0 and episode.end_state == "live" and episode.ended is None:
+                idle = episode.inflight == 0 and not registry.requests.get(key)
+                if idle and episode.end_state == "live" and episode.ended is None:
                     handed += await _hand_over(holder, key, episode)
             await anyio.sleep(POLL_SECONDS)
     logger.warning("drained: %d episode(s) handed over, %d left to end", handed, len(registry.episodes))
@@ -73,6 +74,7 @@ async def _hand_over(holder: StateHolder, key: str, episode: Episode) -> int:
     if store is None or registry.episodes.get(key) is not episode:
         return 0
     del registry.episodes[key]
+    registry.handed_over.add(key)  # before any wait: a request arriving now is answered "handed over"
     with anyio.CancelScope(shield=True):
         for link in list(episode.links.values()):
             await link.stop(state.config.end_timeout)

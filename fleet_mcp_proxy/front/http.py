@@ -23,6 +23,7 @@ from ..episode import Episode
 from .admission import HostOriginGate
 from .auth import auth_middleware, current_principal
 from .dashboard import routes as operator_routes
+from .drain import handed_over
 from .episodes import ProxyState, StateHolder
 from .hop import FORWARDED_HEADER
 from .identity import episode_key
@@ -84,16 +85,37 @@ class McpEndpoint:
             await session_not_found()(scope, receive, send)
             return
         remote = self._holder.remote  # None unless replicas share a store: no lookups on the default
-        if remote is not None and state is not None:
-            route = self._remote_route(state, key, session_id)
+        if remote is None or state is None:
+            await self._serve(state, key, session_id, request, scope, receive, send)
+            return
+        slot = f"key:{current_principal()}:{key}" if key is not None else (session_id and f"session:{session_id}")
+        if slot and slot in state.registry.handed_over:  # drained away from here: the next replica adopts it
+            await handed_over()(scope, receive, send)
+            return
+        route = self._remote_route(state, key, session_id)
+        if route is not None:
             forwarded = FORWARDED_HEADER in request.headers  # served where it lands, never forwarded again
-            if route is not None:
-                served_here = await remote.answer(
-                    self._manager, route, session_id, scope, receive, send, _unreachable(), forwarded=forwarded
-                )
-                if served_here is None:
-                    return
-                receive = served_here
+            served_here = await remote.answer(
+                self._manager, route, session_id, scope, receive, send, _unreachable(), forwarded=forwarded
+            )
+            if served_here is None:
+                return
+            receive = served_here
+        # A request being served holds its episode here: a drain hands it over only once none is (GET streams,
+        # which never end by themselves, are simply cut: the client reopens them where the episode went).
+        with state.registry.serving(slot if request.method != "GET" else None):
+            await self._serve(state, key, session_id, request, scope, receive, send)
+
+    async def _serve(
+        self,
+        state: ProxyState | None,
+        key: str | None,
+        session_id: str | None,
+        request: Request,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
         if request.method == "DELETE" and key is not None and session_id is None and state is not None:
             # The explicit end of a keyed episode. A DELETE that carries a session id ends only that
             # transport session: SDK clients send one on every clean exit, and the key outlives them.

@@ -47,7 +47,7 @@ class Remote:
         registry = self.adopter.registry
         principal = current_principal()
         if target.owner_id == me.owner_id:  # adopted here in the background: its session may need reviving
-            episode = registry.episodes.get(route)
+            episode = await self.adopter.settled(route)  # a request may arrive while its adoption runs
         else:
             owner = self.forwarder.live_owner(target)
             if owner is not None and not forwarded:
@@ -64,6 +64,14 @@ class Remote:
                 await handed_over()(scope, receive, send)
                 return None
             episode = await self.adopter.adopt(route, target, principal, session_id)
+            if episode is None and not forwarded:  # another replica may have won the claim: it holds it now
+                winner = await self.forwarder.lookup(route)
+                owner = self.forwarder.live_owner(winner) if winner is not None else None
+                if owner is not None:
+                    body = await self.forwarder.forward(owner, scope, receive, send, unreachable)
+                    if body is None:
+                        return None
+                    receive = _replay(body)
         if episode is None or session_id is None or session_id in manager._server_instances:
             return receive
         # The client's session id must be served here now, as the client opened it, before the SDK sees it.

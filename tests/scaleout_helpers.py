@@ -1,0 +1,99 @@
+"""Shared by the scale-out tests: proxy replicas (real processes) on one PostgreSQL store and the Fleet emulator."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+from canaries import FLEET_KEY
+from helpers import PY, ROOT, child_env, read_line_matching, stop_process
+
+from fleet_mcp_proxy.store import open_any_store
+from fleet_mcp_proxy.store.records import RouteTarget
+
+
+@dataclass
+class Replica:
+    proc: subprocess.Popen[str]
+    url: str  # .../mcp
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return self.url.removesuffix("/mcp")
+
+    @property
+    def port(self) -> int:
+        return int(self.base.rsplit(":", 1)[1])
+
+    def says(self, text: str) -> int:
+        return sum(text in line for line in self.log)
+
+
+@contextlib.asynccontextmanager
+async def replica(config: Path, store_url: str, *extra: str) -> AsyncIterator[Replica]:
+    """`serve --port 0 --config CONFIG --store URL`, ready once /healthz says ok; stderr kept in `log`."""
+    command = [PY, "-m", "fleet_mcp_proxy", "serve", "--port", "0", "--config", str(config), "--store", store_url]
+    proc = subprocess.Popen(
+        [*command, *extra], stderr=subprocess.PIPE, text=True, cwd=ROOT, env=child_env(FLEET_API_KEY=FLEET_KEY)
+    )
+    try:
+        assert proc.stderr is not None
+        url = (await read_line_matching(proc.stderr, r"listening on (\S+)", timeout=60)).group(1)
+        running = Replica(proc, url)
+
+        async def drain() -> None:
+            assert proc.stderr is not None
+            while line := await anyio.to_thread.run_sync(proc.stderr.readline, abandon_on_cancel=True):
+                running.log.append(line)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain)
+            with anyio.fail_after(60):  # the owner row is registered before /healthz says ok
+                while await health(running.base) != "ok":
+                    await anyio.sleep(0.05)
+            yield running
+            tg.cancel_scope.cancel()
+    finally:
+        stop_process(proc)
+
+
+async def health(base: str) -> str:
+    try:
+        async with httpx2.AsyncClient(timeout=5) as http:
+            return str((await http.get(f"{base}/healthz")).json()["status"])
+    except httpx2.TransportError:
+        return "down"
+
+
+async def adoptable(store_url: str, route: str, timeout: float = 30) -> RouteTarget:
+    """Until the owner's recorder has written the route and the episode's instance (off the request path)."""
+    async with await open_any_store(store_url, create=False) as store:
+        with anyio.fail_after(timeout):
+            while True:
+                target = await store.route_target(route)
+                pending = await store.pending_end(target.episode_id) if target is not None else None
+                shaken = target is not None and (not route.startswith("session:") or target.handshake is not None)
+                if target is not None and shaken and pending is not None and pending.instances:
+                    return target
+                await anyio.sleep(0.05)
+
+
+async def store_records(store_url: str) -> dict[str, Any]:
+    async with await open_any_store(store_url, create=False) as store:
+        return {e["episode_id"]: e async for e in store.export()}
+
+
+async def until_closed(store_url: str, episode_id: str, timeout: float = 120) -> dict[str, Any]:
+    with anyio.fail_after(timeout):
+        while True:
+            record = (await store_records(store_url)).get(episode_id)
+            if record is not None and record["state"] == "closed":
+                return record
+            await anyio.sleep(0.2)  # another process's writes
