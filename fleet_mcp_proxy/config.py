@@ -169,6 +169,12 @@ class ClusterConfig(_Frozen):
     forward_connect_timeout: float = Field(default=5.0, gt=0)  # reaching the owner replica
     # Until the owner's response starts: a JSON answer to a slow tool call starts only when the call ends.
     forward_first_byte_timeout: float = Field(default=600.0, gt=0)
+    # One replica at a time (under a lease in the store) releases the run's Fleet instances no unfinished
+    # episode names, this often (seconds).
+    sweep_interval: float = Field(default=300.0, ge=1)
+    # Younger instances are never swept when their maker is gone or unknown (it may not have recorded them yet);
+    # default: [fleet] provision_timeout + the longest startup_timeout + 60 s.
+    sweep_min_age: float | None = Field(default=None, gt=0)
 
     @field_validator("advertise")
     @classmethod

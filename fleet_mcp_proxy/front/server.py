@@ -230,6 +230,7 @@ def build_server(
             if holder is not None:
                 if membership is not None and membership.address is not None and runtime.recorder.store is not None:
                     holder.forwarder = Forwarder(runtime.recorder.store, membership.me, config.cluster)
+                holder.sweeper = runtime.sweeper
                 holder.state = state
                 holder.started.set()
             try:
