@@ -172,6 +172,12 @@ class ClusterConfig(_Frozen):
     # On SIGTERM: how long readiness fails before live episodes are handed over, so the load balancer's health
     # check (deploy/haproxy.cfg: every 0.5 s, down after 2 failures) stops sending new episodes first.
     drain_delay: float = Field(default=2.0, ge=0, le=60)
+    # One replica at a time (under a lease in the store) releases the run's Fleet instances no unfinished
+    # episode names, this often (seconds).
+    sweep_interval: float = Field(default=300.0, ge=1)
+    # Younger instances are never swept when their maker is gone or unknown (it may not have recorded them yet);
+    # default: [fleet] provision_timeout + the longest startup_timeout + 60 s.
+    sweep_min_age: float | None = Field(default=None, gt=0)
 
     @field_validator("advertise")
     @classmethod

@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -20,6 +21,7 @@ from .providers.pool import InstancePool, new_run_id, run_id_for
 from .recorder import Recorder, default_store_path
 from .registry import Registry
 from .store import EpisodeStore, StoreError, open_any_store
+from .sweep import Sweeper, backstop_selection, min_age
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class Runtime:
     pool: InstancePool
     membership: Membership | None
     found_at_start: set[str] = field(default_factory=set)
+    sweeper: Sweeper | None = None  # the fleet-wide sweep, when replicas share a store
 
     @property
     def owner(self) -> str | None:
@@ -88,10 +91,17 @@ async def start(config: ProxyConfig, tg: anyio.abc.TaskGroup, *, front: str, nee
         await membership.join()
         tg.start_soon(membership.renew_forever)
         run_id = run_id or await store.meta("run_id", new_run_id())  # the same for every restart on this store
-    pool = InstancePool(config, tg, front=front, run_id=run_id or run_id_for(config, front), need_fleet=need_fleet)
+    creator = membership.me.owner_id if membership is not None else None
+    run_id = run_id or run_id_for(config, front)
+    pool = InstancePool(config, tg, front=front, run_id=run_id, need_fleet=need_fleet, creator=creator)
     runtime = Runtime(config, recorder, pool, membership)
     # What this run had up before this process made anything: only these may be swept as a predecessor's.
     runtime.found_at_start = await pool.live_ids(timeout=10.0)
+    shared = config.store.url is not None and front != "finish"
+    if shared and store is not None and membership is not None and pool.fleet is not None:
+        interval = config.cluster.sweep_interval
+        runtime.sweeper = Sweeper(store, membership, pool, interval=interval, age=min_age(config))
+        tg.start_soon(runtime.sweeper.run_forever)
     return runtime
 
 
@@ -99,7 +109,8 @@ async def recover(runtime: Runtime) -> None:
     """Finish what dead processes left (grade, then release), then sweep this run's unreferenced instances.
 
     Runs in the background of a fresh start. The sweep is skipped while another live process shares the
-    store: an instance it is creating is not yet referenced by any row.
+    store: an instance it is creating is not yet referenced by any row (the fleet-wide sweep, `sweep.py`,
+    covers that case under its own rule).
     """
     try:
         finisher = runtime.finisher()
@@ -139,11 +150,12 @@ async def stop(runtime: Runtime, registry: Registry, *, grace: float) -> None:
     store, membership = runtime.recorder.store, runtime.membership
     left = max(0.5, grace - (anyio.current_time() - started))
     with anyio.CancelScope(shield=True):
-        others = False
-        if membership is not None:
-            with anyio.move_on_after(min(2.0, left / 4)):
-                others = await membership.others_alive()
-        await runtime.pool.shutdown(keep, backstop=not others, timeout=left * 0.6)
+        select = None
+        if membership is not None and store is not None:
+            # Rows queued before this point (instances, ends) must be in the store when the backstop reads it.
+            await runtime.recorder.commit("owners", timeout=min(5.0, left / 4))
+            select = partial(backstop_selection, store, membership, min_age(runtime.config))
+        await runtime.pool.shutdown(keep, timeout=left * 0.6, select=select)
         if membership is not None:
             # Queued behind every record still being written: pending rows go to the finisher or the next start.
             await runtime.recorder.commit("disown", membership.me.owner_id, timeout=2.0)

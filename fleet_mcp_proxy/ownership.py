@@ -91,6 +91,12 @@ class Membership:
             o.owner_id != self.me.owner_id and owner_alive(o, at=at, me=self.me) for o in await self.store.owners()
         )
 
+    async def alive_ids(self) -> set[str]:
+        """The owner ids of the processes on this store that still live (this one included)."""
+        at = time.time()
+        alive = {o.owner_id for o in await self.store.owners() if owner_alive(o, at=at, me=self.me)}
+        return alive | {self.me.owner_id}
+
     async def dead_or_none(self, owner: str | None) -> bool:
         """True when rows held by `owner` may be taken: no owner, or one that is gone."""
         if owner is None:

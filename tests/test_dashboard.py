@@ -230,6 +230,8 @@ async def test_dashboard_in_chromium_shows_live_episodes_and_follows_changes(tmp
                         assert "tracker" in shown.text and "ready" in shown.text and "anonymous" in shown.text
                         await wait_for(driver, css('#calls tr[data-tool="list_projects"]'), "the first call")
                         await wait_for(driver, css("#latency-chart rect.sample"), "a provisioning latency")
+                        (me,) = await wait_for(driver, css('#replicas tr[data-this="true"]'), "this replica")
+                        assert "this" in me.text and str(os.getpid()) in me.text, me.text
 
                         # A change: a new call appears, and a graded episode gets its reward.
                         await plain.call_tool("search_issues", {"query": "JPY"})

@@ -130,3 +130,37 @@ async def test_routes_lead_to_the_owner_of_an_unfinished_episode(store_target: s
         assert await store.route_owner("key:alice:k1") is None
         await store.end_episode("e1", "done", T0)  # a closed episode is nobody's to forward to
         assert await store.route_owner("session:s1") is None
+
+
+async def test_a_named_lease_is_compare_and_set_and_taken_over_once_it_ends(store_target: str | Path) -> None:
+    async with await open_any_store(store_target) as store, await open_any_store(store_target) as twin:
+        assert await store.lease("sweep") is None
+        assert await store.claim_lease("sweep", "a", until=100.0, now=50.0)
+        assert not await twin.claim_lease("sweep", "b", until=160.0, now=99.0)  # held by a until 100
+        assert await store.claim_lease("sweep", "a", until=130.0, now=99.0)  # its holder renews it
+        lease = await twin.lease("sweep")
+        assert lease is not None and (lease.holder, lease.until) == ("a", 130.0)
+        assert await twin.claim_lease("sweep", "b", until=190.0, now=130.0)  # ended: taken over
+        assert not await store.claim_lease("sweep", "a", until=200.0, now=131.0)
+        assert await store.meta("run_id", "r1") == "r1"  # other meta keys are untouched
+        wins = []
+
+        async def race(holder: str) -> None:
+            if await store.claim_lease("race", holder, until=10.0, now=1.0):
+                wins.append(holder)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for n in range(8):
+                    tg.start_soon(race, f"h{n}")
+        assert len(wins) == 1
+
+
+async def test_owned_counts_are_per_owner_over_unfinished_rows(store_target: str | Path) -> None:
+    async with await open_any_store(store_target) as store:
+        for episode_id, owner in (("e1", "a"), ("e2", "a"), ("e3", "b"), ("e4", "a"), ("e5", None)):
+            await store.open_episode(episode_id, "p", None, T0, owner=owner)
+        await store.begin_end("e2", "idle", T0, None)  # unfinished, no longer live
+        await store.end_episode("e4", "done", T0)  # closed: not counted
+        counts = await store.owned_counts()
+        assert {o: (c.live, c.unfinished) for o, c in counts.items()} == {"a": (1, 2), "b": (1, 1)}

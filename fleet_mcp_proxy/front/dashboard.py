@@ -21,9 +21,11 @@ from .. import __version__
 from ..providers.base import Instance
 from ..provision_latency import PROVISIONING
 from ..store import EpisodeRecord, EpisodeStore, EpisodeSummary
-from ..store.records import OwnerRecord
+from ..store.records import Lease, OwnedCount, OwnerRecord
+from ..sweep import LEASE as SWEEP_LEASE
+from ..sweep import Sweeper
 from .episodes import ProxyState, StateHolder
-from .status import StatusInputs, build_status, readiness, visible
+from .status import StatusInputs, SweepFigures, build_status, readiness, visible
 
 logger = logging.getLogger(__name__)
 STORE_TIMEOUT = 2.0  # a probe or a dashboard poll never waits longer on the episode store
@@ -74,13 +76,20 @@ async def _read_store(
     return records, recent, "ok"
 
 
-async def _owners(store: EpisodeStore) -> list[OwnerRecord]:
+async def _cluster(store: EpisodeStore) -> tuple[list[OwnerRecord], dict[str, OwnedCount], Lease | None]:
+    """The replicas on the store, what each owns, and who holds the sweep lease."""
     try:
         with anyio.fail_after(STORE_TIMEOUT):
-            return await store.owners()
+            return await store.owners(), await store.owned_counts(), await store.lease(SWEEP_LEASE)
     except Exception:  # a slow store degrades the view only
         logger.warning("the episode store did not list its replicas within %g s", STORE_TIMEOUT)
-        return []
+        return [], {}, None
+
+
+def _figures(sweeper: Sweeper | None) -> SweepFigures | None:
+    if sweeper is None:
+        return None
+    return SweepFigures(sweeper.interval, sweeper.sweeps, sweeper.released, sweeper.held_elsewhere)
 
 
 def _html() -> str:
@@ -121,11 +130,13 @@ def routes(holder: StateHolder) -> list[Route]:
         recent: list[EpisodeSummary] = []
         store = _store_state(state)
         replicas: list[OwnerRecord] = []
+        owned: dict[str, OwnedCount] = {}
+        lease: Lease | None = None
         if state.recorder.store is not None:
             newest = sorted(episodes, key=lambda e: e.last_active, reverse=True)[:LIVE_RECORDS]
             records, recent, store = await _read_store(state.recorder.store, [e.id for e in newest], RECENT_SUMMARIES)
             if store == "ok":
-                replicas = await _owners(state.recorder.store)
+                replicas, owned, lease = await _cluster(state.recorder.store)
         inputs = StatusInputs(
             version=__version__,
             uptime=time.monotonic() - started,
@@ -140,6 +151,11 @@ def routes(holder: StateHolder) -> list[Route]:
             replicas=replicas,
             forwarded=holder.forwarder.forwarded if holder.forwarder is not None else 0,
             wall=time.time(),
+            me=state.registry.owner,
+            owned=owned,
+            adoptions=int(getattr(state.registry, "adoptions", 0)),  # the lead's Registry.adoptions, once merged
+            sweep=_figures(holder.sweeper),
+            sweep_lease=lease,
         )
         return JSONResponse(build_status(inputs), headers=_NO_STORE)
 

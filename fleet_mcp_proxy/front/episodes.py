@@ -19,6 +19,7 @@ from ..providers.base import ProvisionError
 from ..providers.pool import InstancePool
 from ..recorder import Recorder
 from ..registry import Registry
+from ..sweep import Sweeper
 from .auth import current_principal
 from .hop import Forwarder
 from .identity import RequestIdentity, episode_key, episode_slot, task_key
@@ -57,6 +58,7 @@ class StateHolder:
     lane: Any = None  # the HTTP front's FastLane, when on: its `served` count is an operator figure
     forwarder: Forwarder | None = None  # set when replicas share a store: relays requests to their owner
     remote: Remote | None = None  # with it: forward, or adopt an episode whose owner is gone
+    sweeper: Sweeper | None = None  # the fleet-wide sweep, when replicas share a store (its figures for /status)
 
 
 def connection_of(ctx: Ctx) -> Connection:

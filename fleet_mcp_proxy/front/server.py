@@ -236,6 +236,7 @@ def build_server(
                     adopter = Adopter(registry, store, runtime.pool, membership.me)
                     holder.remote = Remote(holder.forwarder, adopter)
                     tg.start_soon(adopter.run)
+                holder.sweeper = runtime.sweeper
                 holder.state = state
                 holder.started.set()
             try:

@@ -11,12 +11,13 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..episode import Episode
 from ..providers.base import Instance
 from ..provision_latency import ProvisionSample
 from ..store import EpisodeRecord, EpisodeSummary
-from ..store.records import OwnerRecord
+from ..store.records import Lease, OwnedCount, OwnerRecord
 
 CALLS_PER_EPISODE = 20
 RECENT_CALLS = 40
@@ -39,6 +40,19 @@ class StatusInputs:
     replicas: Sequence[OwnerRecord] = ()  # the store's owner rows: every process serving or finishing on it
     forwarded: int = 0  # requests this replica relayed to the owner of their episode
     wall: float = 0.0  # time.time(), the clock of the owners' leases
+    me: str | None = None  # this process's owner id
+    owned: Mapping[str, OwnedCount] | None = None  # per owner id, from the store
+    adoptions: int = 0  # episodes this replica took over from a replica that died or handed them over
+    sweep: SweepFigures | None = None  # the fleet-wide sweep, when this replica runs one
+    sweep_lease: Lease | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SweepFigures:
+    interval_s: float
+    sweeps: int  # passes this replica ran (while it held the lease)
+    released: int  # instances those passes released
+    held_elsewhere: int  # ticks at which another replica held the lease
 
 
 def visible(episodes: Sequence[Episode], principal: str | None) -> list[Episode]:
@@ -186,12 +200,40 @@ def latency_view(samples: Sequence[ProvisionSample]) -> JSON:
     return {**summary, "samples": points}
 
 
-def _replica(owner: OwnerRecord, wall: float) -> JSON:
+def _address(address: str | None) -> str | None:
+    """Shown without any user or password an operator may have put in it."""
+    if address is None:
+        return None
+    parts = urlsplit(address)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def _replica(owner: OwnerRecord, inputs: StatusInputs) -> JSON:
+    owned = (inputs.owned or {}).get(owner.owner_id)
     return {
         "id": owner.owner_id,
+        "this": owner.owner_id == inputs.me,
         "host": owner.host,
-        "address": owner.address,
-        "lease_left_s": round(owner.lease_until - wall, 1),  # negative: its lease ran out
+        "pid": owner.pid,
+        "address": _address(owner.address),
+        "lease_left_s": round(owner.lease_until - inputs.wall, 1),  # negative: its lease ran out
+        "live_episodes": owned.live if owned is not None else 0,
+        "unfinished_episodes": owned.unfinished if owned is not None else 0,
+    }
+
+
+def _sweep(inputs: StatusInputs) -> JSON | None:
+    figures, lease = inputs.sweep, inputs.sweep_lease
+    if figures is None:
+        return None
+    held = lease is not None and lease.until > inputs.wall
+    return {
+        "interval_s": figures.interval_s,
+        "sweeps": figures.sweeps,
+        "released": figures.released,
+        "held_elsewhere": figures.held_elsewhere,
+        "lease_holder": lease.holder if lease is not None and held else None,
+        "lease_left_s": round(lease.until - inputs.wall, 1) if lease is not None and held else None,
     }
 
 
@@ -214,8 +256,10 @@ def build_status(inputs: StatusInputs) -> JSON:
         "recent_calls": _recent_calls(inputs.records),
         "rewards": _rewards(inputs),
         "provisioning": latency_view(inputs.latencies),
-        "replicas": [_replica(owner, inputs.wall) for owner in inputs.replicas],
+        "replicas": [_replica(owner, inputs) for owner in inputs.replicas],
         "forwarded": inputs.forwarded,
+        "adoptions": inputs.adoptions,
+        "sweep": _sweep(inputs),
     }
 
 

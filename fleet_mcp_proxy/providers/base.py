@@ -50,6 +50,15 @@ class Instance:
     origin: str | None = None  # the account it lives in (`origin.py`), recorded so only that account finishes it
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A live instance of this deployment's run as the platform lists it (for sweeps)."""
+
+    instance_id: str
+    created_at: float | None  # epoch seconds, as the platform says; None if it did not say
+    creator: str | None  # the owner id of the proxy process that made it (`fleet.CREATOR_TAG`); None: unknown
+
+
 class ProvisionError(Exception):
     """Provisioning failed; `str()` is written for the agent and the operator and carries no secret."""
 

@@ -28,7 +28,7 @@ from ..config import EnvironmentConfig, FleetSettings
 from ..identifiers import is_instance_id, is_instance_url
 from ..verify.remote import run_remote
 from ..verify.scoring import VerifierRun
-from .base import HttpTarget, Instance, ProvisionError
+from .base import HttpTarget, Instance, Listed, ProvisionError
 from .breaker import CircuitBreaker, FleetUnavailable, RetryBudget
 from .fleet_errors import Kind, classify
 from .fleet_leases import lease_lost
@@ -38,6 +38,9 @@ from .origin import fleet_origin
 
 logger = logging.getLogger(__name__)
 CREATE_TAG = "FMP_CREATE_ID"  # marks which create made an instance, to reconcile lost responses
+# Which proxy process (its owner id in the episode store) made an instance: the fleet-wide sweep never takes
+# an instance whose maker still lives (it may be creating it, or holding it warm, before any row names it).
+CREATOR_TAG = "FMP_CREATOR"
 
 
 def _client(settings: FleetSettings, *, retries: int, timeout: float) -> AsyncFleet:
@@ -100,6 +103,18 @@ def _created(made: Any) -> float:
     return when.timestamp() if when.tzinfo is not None else time.time()
 
 
+def _created_or_none(made: Any) -> float | None:
+    """When the platform says it created the instance (epoch seconds); None if it did not say."""
+    stamp = getattr(made, "created_at", None)
+    if isinstance(stamp, datetime):
+        return stamp.timestamp() if stamp.tzinfo is not None else None
+    try:
+        when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
+
+
 class _NotReady(Exception):
     """Not ready yet; polled again until the deadline."""
 
@@ -113,8 +128,9 @@ class FleetProvider:
 
     name = "fleet"
 
-    def __init__(self, settings: FleetSettings) -> None:
+    def __init__(self, settings: FleetSettings, *, creator: str | None = None) -> None:
         self.settings = settings
+        self.creator = creator  # this process's owner id, tagged on every create (None: no episode store)
         self.origin = fleet_origin(settings.base_url, settings.api_key)  # recorded with every instance it makes
         if not settings.run_id:
             raise ValueError("FleetProvider needs the deployment's run_id (see pool.run_id_for)")
@@ -174,7 +190,7 @@ class FleetProvider:
                 env.fleet or env_key,
                 data_key=env.data,
                 region=env.region,
-                env_variables={**env.env_variables, CREATE_TAG: create_id},
+                env_variables={**env.env_variables, CREATE_TAG: create_id, **self._creator_tag()},
                 image_type="mcp" if env.modality == "computer_use" else None,
                 ttl_seconds=env.ttl_seconds or self.settings.ttl_seconds,
                 run_id=self.run_id,
@@ -201,6 +217,9 @@ class FleetProvider:
                 raise _Transient(outcome.message) from None
             raise ProvisionError(outcome.message) from None
         return made
+
+    def _creator_tag(self) -> dict[str, str]:
+        return {CREATOR_TAG: self.creator} if self.creator is not None else {}
 
     async def _reconcile(self, create_id: str) -> None:
         """A create whose answer was lost may still have made an instance: find it by its tag and delete it."""
@@ -344,6 +363,18 @@ class FleetProvider:
         found = await self._ops.instances(run_id=self.run_id)
         live = [str(env.instance_id) for env in found if getattr(env, "status", "") in ("pending", "running")]
         return [instance_id for instance_id in live if is_instance_id(instance_id)]
+
+    async def listing(self) -> list[Listed]:
+        """Live instances carrying this deployment's run_id, with when and by which process each was made."""
+        found = await self._ops.instances(run_id=self.run_id)
+        listed = []
+        for env in found:
+            instance_id = str(env.instance_id)
+            if getattr(env, "status", "") not in ("pending", "running") or not is_instance_id(instance_id):
+                continue
+            creator = (getattr(env, "env_variables", None) or {}).get(CREATOR_TAG)
+            listed.append(Listed(instance_id, _created_or_none(env), creator if isinstance(creator, str) else None))
+        return listed
 
     async def verify_remote(
         self,

@@ -14,7 +14,7 @@ import anyio.abc
 import stamina
 
 from ..config import GRADING_MARGIN, EnvironmentConfig, ProxyConfig
-from .base import HttpTarget, Instance, ProvisionError
+from .base import HttpTarget, Instance, Listed, ProvisionError
 from .fleet import FleetProvider
 from .leases import Delete, LeaseKeeper, beat_interval
 from .local import LocalProvider
@@ -27,6 +27,8 @@ from ..verify.local import run_local
 from ..verify.scoring import VerifierRun
 
 logger = logging.getLogger(__name__)
+# Which of the run's live instances a shutdown backstop may release (None: it cannot tell, so none).
+Select = Callable[[list[Listed]], Awaitable[list[str] | None]]
 
 
 def run_id_for(config: ProxyConfig, front: str) -> str:
@@ -61,6 +63,7 @@ class InstancePool:
         front: str = "http",
         run_id: str | None = None,
         need_fleet: bool = False,  # a finisher: Fleet instances recorded in the store, whatever is configured
+        creator: str | None = None,  # this process's owner id in the store, tagged on every Fleet create
     ) -> None:
         self.local = LocalProvider()
         self.fleet: FleetProvider | None = None
@@ -71,7 +74,7 @@ class InstancePool:
             or (need_fleet and config.fleet.api_key)
         ):
             settings = config.fleet.model_copy(update={"run_id": run_id or run_id_for(config, front)})
-            self.fleet = FleetProvider(settings)
+            self.fleet = FleetProvider(settings, creator=creator)
         self.keeper = LeaseKeeper(task_group)
         self._end_timeout = config.end_timeout
         self.warm: WarmPool | None = None
@@ -92,6 +95,38 @@ class InstancePool:
         except Exception:
             logger.warning("could not list Fleet instances of run %s", self.fleet.run_id)
             return set()
+
+    async def listing(self, timeout: float = 60.0) -> list[Listed] | None:
+        """Live Fleet instances of this run with their maker and age; None when it cannot tell (or no Fleet)."""
+        if self.fleet is None:
+            return None
+        try:
+            with anyio.fail_after(timeout):
+                return await self.fleet.listing()
+        except Exception:
+            logger.warning("could not list Fleet instances of run %s", self.fleet.run_id)
+            return None
+
+    async def release_orphans(self, ids: list[str], *, reason: str, timeout: float) -> list[str]:
+        """Delete these instances of this run now (bounded, retried); returns those the platform acknowledged."""
+        if self.fleet is None or not ids:
+            return []
+        done: list[str] = []
+        limiter = anyio.CapacityLimiter(8)
+
+        async def one(instance_id: str) -> None:
+            async with limiter:
+                logger.warning("releasing Fleet instance %s of run %s: %s", instance_id, run, reason)
+                orphan = Instance("orphan", instance_id, "fleet", HttpTarget(""))
+                if await self.release_now(orphan, timeout=timeout):
+                    done.append(instance_id)
+
+        run = self.fleet.run_id
+        with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
+            async with anyio.create_task_group() as tg:
+                for instance_id in ids:
+                    tg.start_soon(one, instance_id)
+        return sorted(done)
 
     async def sweep(self, exclude: set[str], *, reason: str, among: set[str] | None = None) -> int:
         """Release live instances of this run (those in `among`, when given) that are not in `exclude`."""
@@ -249,13 +284,19 @@ class InstancePool:
         return True
 
     async def shutdown(
-        self, keep: set[str] | None = None, *, backstop: bool = True, timeout: float | None = None
+        self,
+        keep: set[str] | None = None,
+        *,
+        backstop: bool = True,
+        timeout: float | None = None,
+        select: Select | None = None,
     ) -> None:
         """Drain queued releases (bounded), then release this run's other Fleet instances as a backstop.
 
         `keep`: instances a pending end still needs to grade; they stay up (their heartbeats stop with this
-        process, so the platform stops them within a lease if nobody finishes the end). `backstop=False` when
-        another live process shares this run: its instances are not ours to sweep.
+        process, so the platform stops them within a lease if nobody finishes the end). `select`: with an
+        episode store, which of the run's live instances the backstop may release (`sweep.backstop_selection`:
+        never one an unfinished row names or a live process made); without one, the whole run is this process's.
         """
         keep = keep or set()
         budget = self._end_timeout if timeout is None else timeout
@@ -268,7 +309,9 @@ class InstancePool:
         if self.fleet is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(budget / 2):
                 try:
-                    if backstop and not keep:
+                    if backstop and select is not None:
+                        await self._select_and_release(select, budget / 2, keep)
+                    elif backstop and not keep:
                         count = await self.fleet.delete_run()
                         if count:
                             logger.warning("backstop deleted %d Fleet instances of run %s", count, self.fleet.run_id)
@@ -277,3 +320,12 @@ class InstancePool:
                 except Exception:
                     logger.exception("backstop release for run %s failed", self.fleet.run_id)
                 await self.fleet.aclose()
+
+    async def _select_and_release(self, select: Select, budget: float, keep: set[str]) -> None:
+        listed = await self.listing(timeout=budget / 3)
+        if listed is None:
+            return
+        chosen = [i for i in await select(listed) or [] if i not in keep]
+        if chosen:
+            released = await self.release_orphans(chosen, reason="backstop at shutdown", timeout=budget / 2)
+            logger.warning("backstop released %d Fleet instance(s): %s", len(released), ", ".join(released))

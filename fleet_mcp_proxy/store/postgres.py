@@ -22,6 +22,7 @@ import asyncpg
 from .opening import describe, is_postgres_url
 from .pg_schema import PG_MIGRATIONS
 from .records import (
+    LEASE_PREFIX,
     CallRecord,
     DuplicateRecord,
     EndState,
@@ -29,12 +30,16 @@ from .records import (
     EpisodeStore,
     EpisodeSummary,
     JSONObject,
+    Lease,
+    OwnedCount,
     OwnerRecord,
     PendingEnd,
     Provider,
     RecordNotFound,
     RouteTarget,
     StoreError,
+    lease_of,
+    lease_value,
     to_iso,
 )
 from .rows import (
@@ -86,6 +91,11 @@ _ADD_ROUTE = """INSERT INTO routes (route, episode_id, handshake) VALUES ($1, $2
     ON CONFLICT (route) DO UPDATE SET episode_id = EXCLUDED.episode_id, handshake = EXCLUDED.handshake"""
 _ROUTE_OWNER = """SELECT o.* FROM routes r JOIN episodes e ON e.id = r.episode_id JOIN owners o ON o.id = e.owner
     WHERE r.route = $1 AND e.state <> 'closed'"""
+# Compare-and-set in one statement: a concurrent claimer waits on the row lock, then re-checks the WHERE.
+_CLAIM_LEASE = """INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+    WHERE (meta.value::jsonb ->> 'holder') = $3 OR (meta.value::jsonb ->> 'until')::float8 <= $4 RETURNING key"""
+_OWNED = """SELECT owner, COUNT(*) FILTER (WHERE state = 'live') AS live, COUNT(*) AS unfinished FROM episodes
+    WHERE state <> 'closed' AND owner IS NOT NULL GROUP BY owner"""
 _EXPORT_FIRST = "SELECT started_at, id FROM episodes WHERE started_at >= $1 ORDER BY started_at, id LIMIT $2"
 _EXPORT_NEXT = "SELECT started_at, id FROM episodes WHERE (started_at, id) > ($1, $2) ORDER BY started_at, id LIMIT $3"
 _EXPORT_PAGE = 100
@@ -319,6 +329,17 @@ class PostgresStore:
                 await conn.execute("INSERT INTO meta VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", key, default)
             value = await conn.fetchval("SELECT value FROM meta WHERE key = $1", key)
         return None if value is None else str(value)
+
+    async def claim_lease(self, name: str, holder: str, until: float, now: float) -> bool:
+        params = (LEASE_PREFIX + name, lease_value(holder, until), holder, now)
+        return bool(await self._write("", _CLAIM_LEASE, *params, must_change=False))
+
+    async def lease(self, name: str) -> Lease | None:
+        return lease_of(await self.meta(LEASE_PREFIX + name, None))
+
+    async def owned_counts(self) -> dict[str, OwnedCount]:
+        rows = await self._fetch(_OWNED)
+        return {str(row["owner"]): OwnedCount(live=int(row["live"]), unfinished=int(row["unfinished"])) for row in rows}
 
     async def add_route(self, route: str, episode_id: str, handshake: JSONObject | None = None) -> None:
         shake = json.dumps(handshake) if handshake is not None else None

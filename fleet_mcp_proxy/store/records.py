@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -198,6 +199,35 @@ class OwnerRecord:
     address: str | None = None  # where other replicas reach it (e.g. http://10.0.0.5:8000), if it serves
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A named lease in `meta` (the fleet-wide sweep's): who took it and until when (epoch seconds)."""
+
+    holder: str
+    until: float
+
+
+@dataclass(frozen=True)
+class OwnedCount:
+    live: int
+    unfinished: int  # live ones included
+
+
+LEASE_PREFIX = "lease:"  # meta keys of named leases; their value is JSON {"holder": ..., "until": ...}
+
+
+def lease_value(holder: str, until: float) -> str:
+    return json.dumps({"holder": holder, "until": until})
+
+
+def lease_of(value: str | None) -> Lease | None:
+    try:
+        data = json.loads(value) if value is not None else None
+        return Lease(str(data["holder"]), float(data["until"])) if isinstance(data, dict) else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class RouteTarget:
     """The unfinished episode an outside name points at, who holds it, and how its session was opened."""
@@ -288,6 +318,19 @@ class EpisodeStore(Protocol):
     async def owners(self) -> builtins.list[OwnerRecord]: ...
     async def meta(self, key: str, default: str | None) -> str | None:
         """The stored value of `key`, set to `default` by the first caller (None: only read it)."""
+        ...
+
+    async def claim_lease(self, name: str, holder: str, until: float, now: float) -> bool:
+        """Compare-and-set a named lease kept in `meta`: taken (until `until`, epoch seconds) when nobody holds
+        it, `holder` already holds it, or its holder's lease ended at or before `now`; True if `holder` has it."""
+        ...
+
+    async def lease(self, name: str) -> Lease | None:
+        """Who holds the named lease, and until when (it may have ended); None if it was never taken."""
+        ...
+
+    async def owned_counts(self) -> dict[str, OwnedCount]:
+        """Per owner: how many unfinished episodes it holds, and how many of those are live."""
         ...
 
     # -- routes: which episode an outside name (a key slot `key:PRINCIPAL:KEY`, or `session:ID`) belongs to --

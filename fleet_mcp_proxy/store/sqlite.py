@@ -16,6 +16,7 @@ import aiosqlite
 import anyio
 
 from .records import (
+    LEASE_PREFIX,
     CallRecord,
     DuplicateRecord,
     EndState,
@@ -23,12 +24,16 @@ from .records import (
     EpisodeStore,
     EpisodeSummary,
     JSONObject,
+    Lease,
+    OwnedCount,
     OwnerRecord,
     PendingEnd,
     Provider,
     RecordNotFound,
     RouteTarget,
     StoreError,
+    lease_of,
+    lease_value,
     to_iso,
 )
 from .rows import (
@@ -65,6 +70,11 @@ _SUMMARIES = """SELECT e.*, (SELECT COUNT(*) FROM calls c WHERE c.episode_id = e
     FROM episodes e WHERE ?1 IS NULL OR e.task_key = ?1 ORDER BY e.started_at DESC, e.id DESC LIMIT ?2 OFFSET ?3"""
 _ROUTE_OWNER = """SELECT o.* FROM routes r JOIN episodes e ON e.id = r.episode_id JOIN owners o ON o.id = e.owner
     WHERE r.route = ? AND e.state != 'closed'"""
+# Compare-and-set in one statement: the upsert's WHERE sees the stored lease, under SQLite's write lock.
+_CLAIM_LEASE = """INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value
+    WHERE json_extract(meta.value, '$.holder') = ?3 OR json_extract(meta.value, '$.until') <= ?4 RETURNING key"""
+_OWNED = """SELECT owner, SUM(state = 'live'), COUNT(*) FROM episodes
+    WHERE state != 'closed' AND owner IS NOT NULL GROUP BY owner"""
 _EXPORT_IDS = "SELECT started_at, id FROM episodes WHERE (started_at, id) >= (?, ?) ORDER BY started_at, id LIMIT ?"
 _EXPORT_PAGE = 100
 
@@ -299,6 +309,18 @@ class SQLiteStore:
         async with self._exclusive() as db:
             rows = builtins.list(await db.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,)))
         return str(rows[0][0]) if rows else None
+
+    async def claim_lease(self, name: str, holder: str, until: float, now: float) -> bool:
+        params = (LEASE_PREFIX + name, lease_value(holder, until), holder, now)
+        return bool(await self._write("", _CLAIM_LEASE, params, must_change=False))
+
+    async def lease(self, name: str) -> Lease | None:
+        return lease_of(await self.meta(LEASE_PREFIX + name, None))
+
+    async def owned_counts(self) -> dict[str, OwnedCount]:
+        async with self._exclusive() as db:
+            rows = await db.execute_fetchall(_OWNED)
+        return {str(row[0]): OwnedCount(live=int(row[1]), unfinished=int(row[2])) for row in rows}
 
     async def add_route(self, route: str, episode_id: str, handshake: JSONObject | None = None) -> None:
         sql = "INSERT OR REPLACE INTO routes (route, episode_id, handshake) VALUES (?, ?, ?)"
