@@ -79,7 +79,8 @@ class Registry:
         self.closing = False
         self.draining = False  # SIGTERM on a replica: readiness fails, live episodes are handed over at the end
         self.adoptions = 0  # episodes taken over from replicas that are gone
-        self.handed_over: set[str] = set()  # keys a drain gave up: answered "handed over" from then on
+        # Keys a drain gave up, each with the event of its row's release: answered "handed over" from then on.
+        self.handed_over: dict[str, anyio.Event] = {}
         self.requests: Counter[str] = Counter()  # requests being served, by key (replicas sharing a store only)
         self._ending = 0  # episode ends in progress, awaited at shutdown before the store closes
         self._end_scopes: set[anyio.CancelScope] = set()

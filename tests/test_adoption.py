@@ -35,11 +35,12 @@ def agent(url: str, switch: Switch, mode: str = "legacy") -> Client:
     return Client(streamable_http_client(url, http_client=http), mode=mode, cache=None)  # type: ignore[arg-type]
 
 
-def _config(tmp_path: Path, base_url: str, **proxy: Any) -> Path:
+def _config(tmp_path: Path, base_url: str, drain_delay: float = 0.2, **proxy: Any) -> Path:
+    """The drain's delay is short where no load balancer must notice it first."""
     write_task(tmp_path, slow=0.0)
     path = write_config(tmp_path, base_url, verify_timeout=60, finisher=False, **proxy)
-    with path.open("a", encoding="utf-8") as config:  # hand over quickly: no load balancer to wait for here
-        config.write("[cluster]\ndrain_delay = 0.2\n")
+    with path.open("a", encoding="utf-8") as config:
+        config.write(f"[cluster]\ndrain_delay = {drain_delay}\n")
     return path
 
 

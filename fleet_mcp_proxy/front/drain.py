@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import anyio
 import uvicorn
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from ..ownership import owner_alive
 from .hop import HANDED_OVER_HEADER
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.05
+RELEASE_WAIT = 10.0  # the store write that frees a handed-over row (the recorder bounds it at 5 s)
 
 
 async def drain(holder: StateHolder, *, delay: float, grace: float) -> None:
@@ -74,19 +76,30 @@ async def _hand_over(holder: StateHolder, key: str, episode: Episode) -> int:
     if store is None or registry.episodes.get(key) is not episode:
         return 0
     del registry.episodes[key]
-    registry.handed_over.add(key)  # before any wait: a request arriving now is answered "handed over"
+    # Before any wait: a request arriving from now on waits for the release below, then is answered "handed
+    # over", so whoever gets it next finds the row free to adopt.
+    released = registry.handed_over[key] = anyio.Event()
     with anyio.CancelScope(shield=True):
+        try:
+            await state.recorder.commit("hand_over", episode.id, me.owner_id, timeout=5.0)
+        finally:
+            released.set()
         for link in list(episode.links.values()):
             await link.stop(state.config.end_timeout)
         for instance in episode.instances.values():
-            state.pool.keeper.forget(instance)  # heartbeats stop; the adopter's start at once
-        await state.recorder.commit("hand_over", episode.id, me.owner_id, timeout=5.0)
+            state.pool.keeper.forget(instance)  # heartbeats stop here; the adopter's start at once
         for hook in registry.on_end:  # its sessions here close; its principal's places free up
             with anyio.move_on_after(state.config.end_timeout):
                 await hook(episode)
     episode.end_state = "handed over"
     logger.info("episode %s handed over", episode.id)
     return 1
+
+
+async def answer_handed_over(released: anyio.Event, scope: Scope, receive: Receive, send: Send) -> None:
+    with anyio.move_on_after(RELEASE_WAIT):
+        await released.wait()
+    await handed_over()(scope, receive, send)
 
 
 def handed_over() -> Response:

@@ -23,7 +23,7 @@ from ..episode import Episode
 from .admission import HostOriginGate
 from .auth import auth_middleware, current_principal
 from .dashboard import routes as operator_routes
-from .drain import handed_over
+from .drain import answer_handed_over
 from .episodes import ProxyState, StateHolder
 from .hop import FORWARDED_HEADER
 from .identity import episode_key
@@ -89,8 +89,9 @@ class McpEndpoint:
             await self._serve(state, key, session_id, request, scope, receive, send)
             return
         slot = f"key:{current_principal()}:{key}" if key is not None else (session_id and f"session:{session_id}")
-        if slot and slot in state.registry.handed_over:  # drained away from here: the next replica adopts it
-            await handed_over()(scope, receive, send)
+        released = state.registry.handed_over.get(slot) if slot else None
+        if released is not None:  # drained away from here: the next replica adopts it
+            await answer_handed_over(released, scope, receive, send)
             return
         route = self._remote_route(state, key, session_id)
         if route is not None:
