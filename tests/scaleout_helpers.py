@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +37,9 @@ class Replica:
         return sum(text in line for line in self.log)
 
 
-@contextlib.asynccontextmanager
-async def replica(config: Path, store_url: str, *extra: str) -> AsyncIterator[Replica]:
-    """`serve --port 0 --config CONFIG --store URL`, ready once /healthz says ok; stderr kept in `log`."""
+async def spawn(config: Path, store_url: str, *extra: str) -> Replica:
+    """`serve --port 0 --config CONFIG --store URL`, ready once /healthz says ok; stderr kept in `log` by a
+    thread (no task group: replicas stop in any order). Stop it with `stop_process(replica.proc)`."""
     command = [PY, "-m", "fleet_mcp_proxy", "serve", "--port", "0", "--config", str(config), "--store", store_url]
     proc = subprocess.Popen(
         [*command, *extra], stderr=subprocess.PIPE, text=True, cwd=ROOT, env=child_env(FLEET_API_KEY=FLEET_KEY)
@@ -47,21 +48,28 @@ async def replica(config: Path, store_url: str, *extra: str) -> AsyncIterator[Re
         assert proc.stderr is not None
         url = (await read_line_matching(proc.stderr, r"listening on (\S+)", timeout=60)).group(1)
         running = Replica(proc, url)
-
-        async def drain() -> None:
-            assert proc.stderr is not None
-            while line := await anyio.to_thread.run_sync(proc.stderr.readline, abandon_on_cancel=True):
-                running.log.append(line)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(drain)
-            with anyio.fail_after(60):  # the owner row is registered before /healthz says ok
-                while await health(running.base) != "ok":
-                    await anyio.sleep(0.05)
-            yield running
-            tg.cancel_scope.cancel()
-    finally:
+        threading.Thread(target=_keep, args=(proc, running.log), daemon=True).start()
+        with anyio.fail_after(60):  # the owner row is registered before /healthz says ok
+            while await health(running.base) != "ok":
+                await anyio.sleep(0.05)
+    except BaseException:
         stop_process(proc)
+        raise
+    return running
+
+
+def _keep(proc: subprocess.Popen[str], log: list[str]) -> None:
+    assert proc.stderr is not None
+    log.extend(proc.stderr)  # line by line, as the replica writes them
+
+
+@contextlib.asynccontextmanager
+async def replica(config: Path, store_url: str, *extra: str) -> AsyncIterator[Replica]:
+    running = await spawn(config, store_url, *extra)
+    try:
+        yield running
+    finally:
+        stop_process(running.proc)
 
 
 async def health(base: str) -> str:

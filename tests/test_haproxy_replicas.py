@@ -15,9 +15,10 @@ import httpx2
 import pytest
 from episode_end_helpers import TASK, live_instances
 from haproxy_front import free_port, haproxy
+from helpers import stop_process
 from mcp import Client
 from pg_cluster import PgCluster
-from scaleout_helpers import Replica, adoptable, replica, store_records, until_closed
+from scaleout_helpers import Replica, adoptable, spawn, store_records, until_closed
 from test_adoption import MODERN, _config, _create_issue, _sees_the_issue, agent
 from test_fleet_crash import emulator_process
 from test_replicas import Switch
@@ -38,18 +39,13 @@ class Replicas:
         self.config, self.store_url = config, store_url
         self.ports = [free_port() for _ in range(3)]
         self.running: list[Replica | None] = [None, None, None]
-        self._stacks = [contextlib.AsyncExitStack() for _ in range(3)]
 
     @property
     def addresses(self) -> list[str]:
         return [f"127.0.0.1:{port}" for port in self.ports]
 
     async def start(self, i: int) -> Replica:
-        self._stacks[i] = contextlib.AsyncExitStack()
-        started = await self._stacks[i].enter_async_context(
-            replica(self.config, self.store_url, "--port", str(self.ports[i]))
-        )
-        self.running[i] = started
+        self.running[i] = started = await spawn(self.config, self.store_url, "--port", str(self.ports[i]))
         return started
 
     async def stop(self, i: int, sig: int = signal.SIGTERM) -> Replica:
@@ -58,16 +54,16 @@ class Replicas:
         stopped.proc.send_signal(sig)
         with anyio.fail_after(90):
             await anyio.to_thread.run_sync(stopped.proc.wait)
-        await self._stacks[i].aclose()
         self.running[i] = None
         return stopped
 
     def by_pid(self, pid: int) -> int:
         return next(i for i, r in enumerate(self.running) if r is not None and r.proc.pid == pid)
 
-    async def aclose(self) -> None:
-        for stack in self._stacks:
-            await stack.aclose()
+    def close(self) -> None:
+        for running in self.running:
+            if running is not None:
+                stop_process(running.proc)
 
 
 @contextlib.asynccontextmanager
@@ -80,7 +76,7 @@ async def cluster(tmp_path: Path, store_url: str, base_url: str) -> Any:
         async with haproxy(replicas.addresses) as front:
             yield replicas, front
     finally:
-        await replicas.aclose()
+        replicas.close()
 
 
 @pytest.mark.parametrize("era", ["session", "key"])
@@ -110,9 +106,9 @@ async def test_kill_9_of_the_owner_behind_haproxy_the_next_call_succeeds_with_it
             record = await until_closed(store_url, target.episode_id)
         adopters = [r for r in replicas.running if r is not None and r.says(f"adopted episode {target.episode_id}")]
         assert len(adopters) == 1
+        assert await live_instances(base_url) == []
     assert record["reward"]["reward"] == 1.0 and record["reward"]["trigger"] == "submit"
     assert [i["instance_id"] for i in record["instances"]] == [instance["instance_id"]]
-    assert await live_instances(base_url) == []
 
 
 async def test_a_rolling_restart_of_every_replica_fails_no_call_and_loses_no_grade(
@@ -164,12 +160,13 @@ async def test_a_rolling_restart_of_every_replica_fails_no_call_and_loses_no_gra
                         await anyio.sleep(0.1)
                 restarted.set()
             records = await _all_closed(store_url, AGENTS)
+        leaked = await live_instances(base_url)
     assert failures == [], failures[:10]
     handed = [sum("handed over" in line for line in r.log) for r in stopped]
     assert all(handed), handed  # each stopped replica handed its episodes over rather than ending them
     assert len(records) == AGENTS
     assert all(r["reward"]["reward"] == 1.0 for r in records), [r["reward"] for r in records]
-    assert await live_instances(base_url) == []
+    assert leaked == []
 
 
 async def _all_closed(store_url: str, count: int, timeout: float = 180) -> list[dict[str, Any]]:
