@@ -39,6 +39,7 @@ class Replicas:
         self.config, self.store_url = config, store_url
         self.ports = [free_port() for _ in range(3)]
         self.running: list[Replica | None] = [None, None, None]
+        self.stopped: list[Replica] = []
 
     @property
     def addresses(self) -> list[str]:
@@ -55,6 +56,7 @@ class Replicas:
         with anyio.fail_after(90):
             await anyio.to_thread.run_sync(stopped.proc.wait)
         self.running[i] = None
+        self.stopped.append(stopped)
         return stopped
 
     def by_pid(self, pid: int) -> int:
@@ -77,6 +79,10 @@ async def cluster(tmp_path: Path, store_url: str, base_url: str) -> Any:
             yield replicas, front
     finally:
         replicas.close()
+        for r in [*replicas.stopped, *(r for r in replicas.running if r is not None)]:  # shown when a test fails
+            print(
+                f"--- replica {r.base} (pid {r.proc.pid}) errors:", *[x for x in r.log if "ERROR" in x or "Error" in x]
+            )
 
 
 @pytest.mark.parametrize("era", ["session", "key"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 class Remote:
     forwarder: Forwarder
     adopter: Adopter
+    _reviving: dict[str, anyio.Event] = field(default_factory=dict)
 
     async def answer(
         self,
@@ -72,13 +73,24 @@ class Remote:
                     if body is None:
                         return None
                     receive = _replay(body)
-        if episode is None or session_id is None or session_id in manager._server_instances:
+        if episode is None or session_id is None:
             return receive
-        # The client's session id must be served here now, as the client opened it, before the SDK sees it.
-        shake = target if route == f"session:{session_id}" else await self.forwarder.lookup(f"session:{session_id}")
-        handshake = shake.handshake if shake is not None and episode.principal == principal else None
-        if handshake is not None and await revive_session(manager, session_id, handshake, scope):
-            episode.session_ids.add(session_id)
+        # The client's session id must be served here now, as the client opened it, before the SDK sees it; its
+        # GET stream and its next POST often arrive together: one revives it, the other waits for that.
+        if (reviving := self._reviving.get(session_id)) is not None:
+            await reviving.wait()
+            return receive
+        if session_id in manager._server_instances:
+            return receive
+        self._reviving[session_id] = done = anyio.Event()
+        try:
+            shake = target if route == f"session:{session_id}" else await self.forwarder.lookup(f"session:{session_id}")
+            handshake = shake.handshake if shake is not None and episode.principal == principal else None
+            if handshake is not None and await revive_session(manager, session_id, handshake, scope):
+                episode.session_ids.add(session_id)
+        finally:
+            del self._reviving[session_id]
+            done.set()
         return receive
 
 
