@@ -87,7 +87,14 @@ class HAProxy:
 
     async def wait_states(self, expected: dict[str, str], timeout: float = 30) -> None:
         with anyio.fail_after(timeout):
-            while (await self.server_states()) != expected:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"haproxy exited: {self.log.read_text(errors='replace')[-2000:]}")
+                try:
+                    if await self.server_states() == expected:
+                        return
+                except ConnectionRefusedError:  # its socket file exists a moment before it listens
+                    pass
                 await anyio.sleep(0.1)
 
 

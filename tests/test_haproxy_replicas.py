@@ -117,38 +117,56 @@ async def test_kill_9_of_the_owner_behind_haproxy_the_next_call_succeeds_with_it
     assert [i["instance_id"] for i in record["instances"]] == [instance["instance_id"]]
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["drain", "kill"])
 async def test_a_rolling_restart_of_every_replica_fails_no_call_and_loses_no_grade(
-    tmp_path: Path, store_url: str
+    tmp_path: Path, store_url: str, sig: int
 ) -> None:
+    """Drained (SIGTERM): no call fails. Killed: none fails but those in flight at the moment of a kill."""
     failures: list[str] = []
     stopped: list[Replica] = []
-    calls = 0
+    calls = inflight = in_flight_at_kills = 0
     async with emulator_process() as base_url, cluster(tmp_path, store_url, base_url) as (replicas, front):
         restarted = anyio.Event()
 
         async def one_agent(n: int, started: anyio.Event) -> None:
-            nonlocal calls
-            keyed = n % 3 == 0  # a third keyed (2026-07-28, hashed), the rest handshake-era sessions (sticky)
+            # A third keyed (2026-07-28, hashed), the rest handshake-era sessions (sticky). Under kills all are
+            # keyed: an SDK client whose call breaks mid-answer is itself broken, and only a key lets a new
+            # client go on with the same episode (a session id cannot be handed to a new SDK client).
+            keyed = sig == signal.SIGKILL or n % 3 == 0
             url = f"{front.url}?task={TASK}" + (f"&episode=roll-{n}" if keyed else "")
-            client: Client
-            async with agent(url, Switch(), MODERN if keyed else "legacy") as client:
-                await _create_issue(client)
-                started.set()
-                while not restarted.is_set():
-                    try:
-                        await _sees_the_issue(client)
-                        calls += 1
-                    except Exception as exc:  # counted, not raised: the figure is how many failed
-                        failures.append(f"agent {n}: {type(exc).__name__}: {exc}")
-                    await anyio.sleep(0.2)  # a paced agent (think time), not a load test
-                submitted = await client.call_tool("submit_final_answer", {"answer": "done"})
-                if submitted.is_error:
-                    failures.append(f"agent {n}: submit refused")
+            while True:
+                try:
+                    async with agent(url, Switch(), MODERN if keyed else "legacy") as client:
+                        await work(n, client, started)
+                    break
+                except Exception as exc:  # the client broke with its call: a failure; a keyed agent goes on
+                    failures.append(f"agent {n}: its client broke: {type(exc).__name__}")
+                    if not keyed:
+                        return
             if keyed:
                 async with httpx2.AsyncClient(timeout=30) as http:
                     ended = await http.delete(f"{front.url}?episode=roll-{n}", headers={"Mcp-Protocol-Version": MODERN})
                 if ended.status_code != 204:
                     failures.append(f"agent {n}: end answered {ended.status_code}")
+
+        async def work(n: int, client: Client, started: anyio.Event) -> None:
+            nonlocal calls, inflight
+            if not started.is_set():
+                await _create_issue(client)
+                started.set()
+            while not restarted.is_set():
+                inflight += 1
+                try:
+                    await _sees_the_issue(client)
+                    calls += 1
+                except Exception as exc:  # counted, not raised: the figure is how many failed
+                    failures.append(f"agent {n}: {type(exc).__name__}: {exc}")
+                finally:
+                    inflight -= 1
+                await anyio.sleep(0.2)  # a paced agent (think time), not a load test
+            submitted = await client.call_tool("submit_final_answer", {"answer": "done"})
+            if submitted.is_error:
+                failures.append(f"agent {n}: submit refused")
 
         with anyio.fail_after(360):
             async with anyio.create_task_group() as tg:
@@ -159,7 +177,8 @@ async def test_a_rolling_restart_of_every_replica_fails_no_call_and_loses_no_gra
                     await event.wait()
                 for i in range(3):  # one after the other, each back before the next goes
                     before = calls
-                    stopped.append(await replicas.stop(i))
+                    in_flight_at_kills += inflight if sig == signal.SIGKILL else 0
+                    stopped.append(await replicas.stop(i, sig))
                     await replicas.start(i)
                     await front.wait_states({"r1": "UP", "r2": "UP", "r3": "UP"}, timeout=60)
                     while calls < before + AGENTS:  # every agent got on with its work meanwhile
@@ -167,9 +186,10 @@ async def test_a_rolling_restart_of_every_replica_fails_no_call_and_loses_no_gra
                 restarted.set()
             records = await _all_closed(store_url, AGENTS)
         leaked = await live_instances(base_url)
-    assert failures == [], failures[:10]
-    handed = [sum("handed over" in line for line in r.log) for r in stopped]
-    assert all(handed), handed  # each stopped replica handed its episodes over rather than ending them
+    assert len(failures) <= in_flight_at_kills, failures[:10]
+    if sig == signal.SIGTERM:
+        handed = [sum("handed over" in line for line in r.log) for r in stopped]
+        assert all(handed), handed  # each stopped replica handed its episodes over rather than ending them
     assert len(records) == AGENTS
     assert all(r["reward"]["reward"] == 1.0 for r in records), [r["reward"] for r in records]
     assert leaked == []
