@@ -7,10 +7,8 @@ group) that catches whatever kills it, and request handlers only call into it.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any, Protocol
@@ -25,6 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 from .fastlane.stdio import StdioTap, tapped_stdio_client
 from .fastlane.target import LaneTarget
 from .providers.base import HttpTarget, Instance, StdioTarget
+from .tls import client_context
 from .transport import RetryUnacceptedTransport
 
 logger = logging.getLogger(__name__)
@@ -37,12 +36,6 @@ _LIST_METHODS = {
     "resourceTemplates": "resources/templates/list",
 }
 _MAX_PAGES = 1000
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """One verifying TLS context for every link: building one loads the CA bundle (~0.8 MB, ~30 ms)."""
-    return ssl.create_default_context()
 
 
 class BackendGone(Exception):
@@ -148,7 +141,7 @@ class BackendLink:
         else:
             assert isinstance(target, HttpTarget)
             self._http = RetryUnacceptedTransport(
-                httpx2.AsyncHTTPTransport(verify=_tls_context(), trust_env=False), timeout=self._retry_budget
+                httpx2.AsyncHTTPTransport(verify=client_context(), trust_env=False), timeout=self._retry_budget
             )
             http = httpx2.AsyncClient(
                 headers=dict(target.headers), timeout=httpx2.Timeout(30.0, read=None), transport=self._http

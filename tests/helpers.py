@@ -25,6 +25,7 @@ from fleet_mcp_proxy.front.episodes import ProxyState, StateHolder
 from fleet_mcp_proxy.front.http import build_app
 from fleet_mcp_proxy.front.server import build_server
 from fleet_mcp_proxy.front.slowclients import uvicorn_config
+from fleet_mcp_proxy.tls import client_context
 
 ROOT = Path(__file__).resolve().parent.parent
 KITCHEN = ROOT / "tests" / "backends" / "kitchen.py"
@@ -123,7 +124,8 @@ def config_with(*envs: str, **proxy: Any) -> ProxyConfig:
 
 def http_client(url: str, mode: str = "legacy", headers: dict[str, str] | None = None, **kwargs: Any) -> Client:
     """An SDK client over streamable HTTP with no SSE event ceiling (large results)."""
-    http = httpx2.AsyncClient(headers=headers or {}, timeout=httpx2.Timeout(30.0, read=None))
+    # One shared TLS context: a client's own would load the CA bundle, blocking the loop the proxy runs in.
+    http = httpx2.AsyncClient(headers=headers or {}, timeout=httpx2.Timeout(30.0, read=None), verify=client_context())
     transport = streamable_http_client(url, http_client=http, max_sse_event_size=None)
     return Client(transport, mode=mode, cache=None, **kwargs)  # type: ignore[arg-type]
 

@@ -8,14 +8,18 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import httpx2
 import mcp_types as t
 import pytest
+from canaries import FLEET_KEY
 from fleet_emulator import Emulator, Faults, running_emulator
 from helpers import http_client, proxy_http
+from test_fleet_crash import emulator_process
 
 from fleet_mcp_proxy.config import ProxyConfig, load_config
 from fleet_mcp_proxy.providers.breaker import State
 from fleet_mcp_proxy.providers.fleet import FleetProvider
+from fleet_mcp_proxy.tls import client_context
 
 KEY = "fleet-faults-key-5d21"
 Record = Callable[[str, object], None]
@@ -26,9 +30,10 @@ def figure(record_property: Record, line: str) -> None:
     record_property("figure", line)
 
 
-def fleet_config(emu: Emulator, **fleet: Any) -> tuple[ProxyConfig, str]:
+def fleet_config(emu: Emulator | str, *, api_key: str = KEY, **fleet: Any) -> tuple[ProxyConfig, str]:
     run_id = f"faults-{uuid.uuid4().hex[:10]}"
-    settings = {"run_id": run_id, "api_key": KEY, "base_url": emu.base_url, "retry_backoff": 0.05, **fleet}
+    base_url = emu if isinstance(emu, str) else emu.base_url
+    settings = {"run_id": run_id, "api_key": api_key, "base_url": base_url, "retry_backoff": 0.05, **fleet}
     config = load_config(overrides={"fleet": settings}, env_args=("tracker=fleet:tracker",), environ={})
     return config, run_id
 
@@ -73,28 +78,38 @@ def provider_of(proxy: Any) -> FleetProvider:
     return fleet
 
 
+async def emulator_admin(base_url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    async with httpx2.AsyncClient(timeout=30.0, verify=client_context()) as admin:
+        response = await admin.request(method, f"{base_url}/_emulator/{path}", json=body)
+        response.raise_for_status()
+        return response.json()
+
+
 @pytest.mark.anyio
-@pytest.mark.timeout(400)  # about 80 s alone on a quiet 2-core machine
-# Its link failures (instances stopped for a missed heartbeat) are fixed in the lease keeper; it then passed three
-# full runs of three and 8 of 10 runs alone. What remains: a few instances' heartbeats fail at the transport level
-# (FleetAPIError, no HTTP answer) until the platform's deadline while 150 episodes start. Open; see the stop note.
-@pytest.mark.xfail(strict=False, reason="heartbeats failing at the transport level under load (open)")
+@pytest.mark.timeout(400)  # about 60 s alone on a quiet 2-core machine
 async def test_r4_every_episode_provisions_while_30_percent_of_fleet_calls_answer_503(record_property: Record) -> None:
+    # Fleet runs as its own process, as it does for a deployed proxy. In this process, 150 emulated instances (two
+    # MCP servers each) share the proxy's event loop and heap: full garbage collections of ~1M objects stalled the
+    # loop ~1 s every 2-3 s, each heartbeat took seconds, and a run of 503s outlasted an instance's lease.
     sessions = 150  # creates per episode average 1/0.7 = 1.43; at 150 the 1.6 bound sits ~2.6 sd above it
-    faults = Faults(seed=11, rate_5xx=0.3)
-    async with running_emulator(KEY, faults=faults, instance_limit=sessions + 20) as emu:
-        config, run_id = fleet_config(emu, max_retries=6)
+    async with emulator_process() as base_url:
+        await emulator_admin(base_url, "POST", "faults", {"seed": 11, "rate_5xx": 0.3})
+        config, run_id = fleet_config(base_url, api_key=FLEET_KEY, max_retries=6)
         async with proxy_http(config) as proxy:
             started = anyio.current_time()
-            with anyio.fail_after(330):  # about 65 s alone on a quiet 2-core machine
+            with anyio.fail_after(330):  # about 45 s alone on a quiet 2-core machine
                 results = await many(proxy.url, sessions)
             elapsed = anyio.current_time() - started
             errors = [text_of(r) for r in results if r.is_error]
             assert errors == [], errors[:3]
-            assert len(live(emu, run_id)) == sessions, "one instance per episode"
-            creates = emu.requests("POST", "/v1/env/instances")
+            state = await emulator_admin(base_url, "GET", "state")
+            live_ones = [
+                i for i in state["instances"] if i["run_id"] == run_id and i["status"] in ("pending", "running")
+            ]
+            assert len(live_ones) == sessions, "one instance per episode"
+            creates = state["request_counts"].get("POST /v1/env/instances", 0)
             fleet = provider_of(proxy)
-            peak = emu.state.traffic.peak_retries
+            peak = state["traffic"]["peak_retries"]
             figure(
                 record_property,
                 f"R4: {sessions}/{sessions} provisioned under 30% 503s; create calls {creates} "

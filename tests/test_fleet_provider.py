@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import ssl
+import sys
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import anyio
@@ -12,6 +18,7 @@ from canaries import FLEET_KEY
 from fleet_emulator import Emulator, Faults, running_emulator
 from helpers import http_client, proxy_http, wait_until
 
+import fleet_mcp_proxy
 from fleet_mcp_proxy.config import ProxyConfig, load_config
 
 KEY = FLEET_KEY  # the suite's canary: it must never reach a log, result or record
@@ -145,6 +152,58 @@ async def test_fifty_concurrent_episodes_provision_while_30_percent_of_fleet_cal
             assert len(ok) == 50
             assert len(live(emu, run_id)) == 50, "one instance per episode"
             assert emu.requests("POST", "/v1/env/instances") >= 50
+
+
+_CA_LOADS = frozenset({"load_verify_locations", "set_default_verify_paths"})  # the C calls that read certificates
+_PROXY_DIR = str(Path(fleet_mcp_proxy.__file__).parent)
+
+
+@contextlib.contextmanager
+def ca_bundle_loads_by_the_proxy() -> Iterator[list[str]]:
+    """Records each CA-bundle load that the proxy's own code caused (the caller frame that did it), by watching
+    the interpreter's C calls in this thread (the event loop's): each load blocks the loop for tens of ms."""
+    loads: list[str] = []
+
+    def watch(frame: FrameType, event: str, arg: Any) -> None:
+        if event != "c_call" or getattr(arg, "__name__", "") not in _CA_LOADS:
+            return
+        if not isinstance(getattr(arg, "__self__", None), ssl.SSLContext):
+            return
+        caller: FrameType | None = frame
+        while caller is not None:
+            if caller.f_code.co_filename.startswith(_PROXY_DIR):
+                loads.append(f"{caller.f_code.co_filename}:{caller.f_lineno}")
+                return
+            caller = caller.f_back
+
+    previous = sys.getprofile()
+    sys.setprofile(watch)
+    try:
+        yield loads
+    finally:
+        sys.setprofile(previous)
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_provisioned_instances_do_not_each_load_the_ca_bundle() -> None:
+    # Each load blocks the one event loop ~30-50 ms; a readiness probe that built its own TLS context per poll
+    # starved heartbeats under load until instances were stopped for missed beats (R4).
+    async with running_emulator(KEY) as emu:
+        config, run_id = fleet_config(emu)
+        async with proxy_http(config) as proxy:
+
+            async def one_episode() -> None:
+                async with http_client(keyed(proxy.url), "2026-07-28") as c:
+                    result = await c.call_tool("list_projects", {})
+                    assert not result.is_error, result
+
+            with ca_bundle_loads_by_the_proxy() as loads, anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(4):
+                        tg.start_soon(one_episode)
+            assert len(live(emu, run_id)) == 4
+    assert len(loads) <= 1, f"one shared TLS context at most, not one per instance: {loads}"
 
 
 @pytest.mark.anyio

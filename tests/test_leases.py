@@ -104,6 +104,36 @@ async def test_releasing_stops_the_heartbeat() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_beat_answered_after_the_release_does_not_mark_the_instance_lost() -> None:
+    # A beat in flight when the episode releases its instance is refused (the platform deleted it): that is the
+    # release, not a lost lease; the owner must not hear "lost" (seen in R4's logs).
+    in_flight, released, answered = anyio.Event(), anyio.Event(), anyio.Event()
+    reasons: list[str] = []
+
+    async def beat(instance: Instance) -> Beat:
+        in_flight.set()
+        await released.wait()
+        answered.set()
+        raise LeaseLost("Fleet refused the heartbeat")
+
+    async def delete(instance: Instance) -> None:
+        return None
+
+    async with anyio.create_task_group() as tg:
+        keeper = LeaseKeeper(tg)
+        keeper.hold(_instance(), heartbeat=beat, ttl=2, on_lost=reasons.append)
+        with anyio.fail_after(10):
+            await in_flight.wait()
+            keeper.release(_instance(), delete)
+            released.set()
+            await answered.wait()
+            assert await keeper.drain(10)
+        await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    assert reasons == []
+
+
+@pytest.mark.anyio
 async def test_the_released_ids_kept_for_idempotency_are_bounded() -> None:
     deleted: list[str] = []
 

@@ -8,7 +8,6 @@ the connection for the next call. Anything it does not understand fails the call
 
 from __future__ import annotations
 
-import functools
 import socket
 import ssl
 from collections.abc import AsyncGenerator, Iterable
@@ -19,13 +18,10 @@ import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from ..tls import client_context
+
 _MAX_HEAD = 64 * 1024
 _READ = 256 * 1024
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    return ssl.create_default_context()  # shared: each one loads the CA bundle
 
 
 class LaneError(Exception):
@@ -154,7 +150,7 @@ class Http1Pool:
         self._max_idle = max_idle
         self._connect_timeout = connect_timeout
         self._idle: list[_Conn] = []
-        self._ssl: ssl.SSLContext | None = _tls_context() if self._tls else None
+        self._ssl: ssl.SSLContext | None = client_context() if self._tls else None
 
     async def _connect(self, *, pooled: bool = True) -> _Conn:
         now = anyio.current_time()

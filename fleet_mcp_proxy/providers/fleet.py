@@ -26,6 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 from .. import telemetry
 from ..config import EnvironmentConfig, FleetSettings
 from ..identifiers import is_instance_id, is_instance_url
+from ..tls import client_context
 from ..verify.remote import run_remote
 from ..verify.scoring import VerifierRun
 from .base import HttpTarget, Instance, Listed, ProvisionError
@@ -315,7 +316,7 @@ class FleetProvider:
         try:
             with anyio.fail_after(15):
                 async with (
-                    httpx2.AsyncClient(headers=dict(target.headers), timeout=10.0) as http,
+                    httpx2.AsyncClient(headers=dict(target.headers), timeout=10.0, verify=client_context()) as http,
                     Client(streamable_http_client(target.url, http_client=http), mode="legacy", cache=None) as c,
                 ):
                     return bool((await c.list_tools()).tools)

@@ -198,9 +198,12 @@ class LeaseKeeper:
                 ):
                     beat = await heartbeat(lease.instance)
             except LeaseLost as lost:
-                self._lose(lease, str(lost))
+                if not lease.stop.is_set():  # refused because it was released meanwhile: that is no loss
+                    self._lose(lease, str(lost))
                 return
             except Exception as exc:  # transient until a whole TTL passes without an accepted beat
+                if lease.stop.is_set():
+                    return
                 if anyio.current_time() - last_ok > ttl:
                     self._lose(lease, f"no heartbeat was accepted for {ttl:g} s")
                     return
