@@ -18,6 +18,7 @@ from mcp import MCPError
 from pydantic import ValidationError
 
 from .episode import Episode
+from .finisher import Finisher
 from .ownership import Me, owner_alive
 from .providers.base import Instance, ProvisionError
 from .providers.pool import InstancePool
@@ -45,6 +46,7 @@ class Adopter:
     store: EpisodeStore
     pool: InstancePool
     me: Me
+    finisher: Finisher | None = None  # ends what cannot be adopted here (its environment died with its replica)
     _flights: dict[str, anyio.Event] = field(default_factory=dict)
 
     async def adopt(
@@ -107,6 +109,8 @@ class Adopter:
             return None
         episode = self._episode(slot, pending)
         if episode is None:
+            if self.finisher is not None and await self.finisher.take(pending, target.owner_id):
+                logger.warning("finished episode %s, which could not be adopted", pending.episode_id)
             return None
         if not await self.store.claim(pending.episode_id, self.me.owner_id, target.owner_id):
             logger.info("episode %s was adopted by another replica first", pending.episode_id)

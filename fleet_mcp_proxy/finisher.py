@@ -94,6 +94,14 @@ class Finisher:
                     tg.start_soon(one, pending)
         return report
 
+    async def take(self, pending: PendingEnd, holder: str | None) -> bool:
+        """Finish one row now, if this process reaches its instances and claims it from `holder` (gone)."""
+        if not all(self.pool.can_finish(i.provider, i.origin) for i in pending.instances):
+            return False
+        if not await self.store.claim(pending.episode_id, self.membership.me.owner_id, holder):
+            return False
+        return await self._finish(pending)
+
     def _adoptable(self, pending: PendingEnd) -> bool:
         return all(i.provider == "fleet" and self.pool.can_finish(i.provider, i.origin) for i in pending.instances)
 

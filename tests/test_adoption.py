@@ -14,12 +14,13 @@ import anyio
 import httpx2
 import pytest
 from episode_end_helpers import TASK, TITLE, live_instances, write_config, write_task
+from helpers import kitchen_cmd
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from pg_cluster import PgCluster
 from scaleout_helpers import Replica, adoptable, replica, until_closed
 from test_fleet_crash import emulator_process
-from test_replicas import Switch
+from test_replicas import Switch, backend_pid
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 MODERN = "2026-07-28"
@@ -158,3 +159,26 @@ async def test_a_replica_told_to_stop_hands_its_episodes_over_without_a_failed_c
         assert record["reward"]["reward"] == 1.0 and record["reward"]["trigger"] == "submit"
         assert len(record["instances"]) == 1
         assert await live_instances(base_url) == []
+
+
+async def test_an_episode_whose_environment_died_with_its_replica_is_finished_not_adopted(
+    tmp_path: Path, store_url: str
+) -> None:
+    """A local command environment dies with the replica that spawned it: another replica's background scan
+    finishes that episode (its row closes) instead of pretending to adopt it; its key then starts afresh."""
+    config = tmp_path / "local.toml"
+    config.write_text("[proxy]\nfinisher = false\n", encoding="utf-8")
+    kitchen = ("--env", f"k={kitchen_cmd('k')}")
+    async with replica(config, store_url, *kitchen) as a, replica(config, store_url, *kitchen) as b:
+        with anyio.fail_after(120):
+            async with agent(f"{a.url}?episode=k-local", Switch(), MODERN) as client:
+                first = await backend_pid(client)
+            target = await adoptable(store_url, "key:anonymous:k-local")
+            a.proc.kill()
+            await anyio.to_thread.run_sync(a.proc.wait)
+            record = await until_closed(store_url, target.episode_id, timeout=90)  # nobody asked for it
+            assert b.says(f"finished episode {target.episode_id}, which could not be adopted") == 1
+            async with agent(f"{b.url}?episode=k-local", Switch(), MODERN) as client:
+                assert await backend_pid(client) != first  # a fresh episode, its own backend
+        assert b.says(f"adopted episode {target.episode_id}") == 0
+    assert record["end_reason"] == "proxy exited"

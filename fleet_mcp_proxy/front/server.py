@@ -233,7 +233,7 @@ def build_server(
                 store = runtime.recorder.store
                 if membership is not None and membership.address is not None and store is not None:
                     holder.forwarder = Forwarder(store, membership.me, config.cluster, config.max_request_body)
-                    adopter = Adopter(registry, store, runtime.pool, membership.me)
+                    adopter = Adopter(registry, store, runtime.pool, membership.me, runtime.finisher())
                     holder.remote = Remote(holder.forwarder, adopter)
                     tg.start_soon(adopter.run)
                 holder.sweeper = runtime.sweeper
