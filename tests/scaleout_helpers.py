@@ -36,14 +36,22 @@ class Replica:
     def says(self, text: str) -> int:
         return sum(text in line for line in self.log)
 
+    async def status(self, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        async with httpx2.AsyncClient(timeout=10, headers=headers) as http:
+            body: dict[str, Any] = (await http.get(f"{self.base}/status")).json()
+        return body
+
 
 async def spawn(config: Path, store_url: str, *extra: str) -> Replica:
-    """`serve --port 0 --config CONFIG --store URL`, ready once /healthz says ok; stderr kept in `log` by a
-    thread (no task group: replicas stop in any order). Stop it with `stop_process(replica.proc)`."""
-    command = [PY, "-m", "fleet_mcp_proxy", "serve", "--port", "0", "--config", str(config), "--store", store_url]
-    proc = subprocess.Popen(
-        [*command, *extra], stderr=subprocess.PIPE, text=True, cwd=ROOT, env=child_env(FLEET_API_KEY=FLEET_KEY)
-    )
+    """`serve --port 0 --config CONFIG --store URL` with the suite's Fleet key (see `serve`)."""
+    return await serve("--config", str(config), "--store", store_url, *extra, FLEET_API_KEY=FLEET_KEY)
+
+
+async def serve(*args: str, **env: str) -> Replica:
+    """`fleet-mcp-proxy serve --port 0 ARGS`, ready once /healthz says ok; stderr kept in `log` by a thread (no
+    task group: replicas stop in any order). Stop it with `stop_process(replica.proc)`."""
+    command = [PY, "-m", "fleet_mcp_proxy", "serve", "--port", "0", *args]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=child_env(**env))
     try:
         assert proc.stderr is not None
         url = (await read_line_matching(proc.stderr, r"listening on (\S+)", timeout=60)).group(1)
@@ -105,3 +113,10 @@ async def until_closed(store_url: str, episode_id: str, timeout: float = 120) ->
             if record is not None and record["state"] == "closed":
                 return record
             await anyio.sleep(0.2)  # another process's writes
+
+
+async def end_keyed(url: str, key: str) -> int:
+    """DELETE ?episode=KEY (2026-07-28): the explicit end of a keyed episode; its HTTP status."""
+    async with httpx2.AsyncClient(timeout=30) as http:
+        ended = await http.delete(f"{url}?episode={key}", headers={"Mcp-Protocol-Version": "2026-07-28"})
+    return ended.status_code

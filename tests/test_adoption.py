@@ -6,7 +6,9 @@ over without one failed call; every episode is graded once and no instance is le
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,11 @@ from helpers import kitchen_cmd
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from pg_cluster import PgCluster
-from scaleout_helpers import Replica, adoptable, replica, until_closed
+from scaleout_helpers import Replica, adoptable, end_keyed, replica, until_closed
 from test_fleet_crash import emulator_process
 from test_replicas import Switch, backend_pid
+
+from fleet_mcp_proxy.store.records import RouteTarget
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 MODERN = "2026-07-28"
@@ -56,6 +60,22 @@ async def _create_issue(client: Client) -> None:
     assert not created.is_error, created
 
 
+@contextlib.asynccontextmanager
+async def episode_with_an_issue(
+    url: str, store_url: str, era: str, key: str
+) -> AsyncIterator[tuple[Client, Switch, RouteTarget]]:
+    """An agent (handshake-era session, or 2026-07-28 with `key`) that created the issue on the replica behind
+    `url`, once the store holds what adopting its episode needs."""
+    keyed = era == "key"
+    switch = Switch()
+    async with agent(
+        f"{url}?task={TASK}" + (f"&episode={key}" if keyed else ""), switch, MODERN if keyed else "legacy"
+    ) as client:
+        await _create_issue(client)
+        route = f"key:anonymous:{key}" if keyed else f"session:{switch.session_id}"
+        yield client, switch, await adoptable(store_url, route)
+
+
 @pytest.mark.parametrize("era", ["session", "key"])
 async def test_kill_9_of_the_owner_mid_task_the_next_call_succeeds_on_another_replica(
     tmp_path: Path, store_url: str, era: str
@@ -63,14 +83,8 @@ async def test_kill_9_of_the_owner_mid_task_the_next_call_succeeds_on_another_re
     async with emulator_process() as base_url:
         config = _config(tmp_path, base_url)
         async with replica(config, store_url) as a, replica(config, store_url) as b:
-            switch = Switch()
-            keyed = era == "key"
-            url = f"{a.url}?task={TASK}" + ("&episode=k-kill" if keyed else "")
             with anyio.fail_after(120):
-                async with agent(url, switch, MODERN if keyed else "legacy") as client:
-                    await _create_issue(client)
-                    route = "key:anonymous:k-kill" if keyed else f"session:{switch.session_id}"
-                    target = await adoptable(store_url, route)
+                async with episode_with_an_issue(a.url, store_url, era, "k-kill") as (client, switch, target):
                     (instance,) = await live_instances(base_url)
                     a.proc.kill()  # mid-task: the agent goes on as if nothing happened
                     await anyio.to_thread.run_sync(a.proc.wait)
@@ -79,10 +93,8 @@ async def test_kill_9_of_the_owner_mid_task_the_next_call_succeeds_on_another_re
                     submitted = await client.call_tool("submit_final_answer", {"answer": "done"})
                     assert not submitted.is_error, submitted
                     assert [i["instance_id"] for i in await live_instances(base_url)] == [instance["instance_id"]]
-                if keyed:  # a keyed episode outlives its sessions: end it explicitly
-                    async with httpx2.AsyncClient(timeout=30) as http:
-                        ended = await http.delete(f"{b.url}?episode=k-kill", headers={"Mcp-Protocol-Version": MODERN})
-                    assert ended.status_code == 204
+                if era == "key":  # a keyed episode outlives its sessions: end it explicitly
+                    assert await end_keyed(b.url, "k-kill") == 204
                 record = await until_closed(store_url, target.episode_id)
             assert b.says(f"adopted episode {target.episode_id}") == 1
             assert all(status < 400 for port, status in switch.statuses if port == b.port), switch.statuses
@@ -114,10 +126,8 @@ async def test_two_replicas_racing_to_adopt_one_episode_leave_exactly_one_holder
                 adopted = [r.says(f"adopted episode {target.episode_id}") for r in (b, c)]
                 assert sorted(adopted) == [0, 1], adopted
                 assert len(await live_instances(base_url)) == 1  # nobody provisioned a fresh one for the key
-                async with httpx2.AsyncClient(timeout=30) as http:  # through the loser: forwarded to the holder
-                    loser = b if adopted[0] == 0 else c
-                    ended = await http.delete(f"{loser.url}?episode=k-race", headers={"Mcp-Protocol-Version": MODERN})
-                assert ended.status_code == 204
+                loser = b if adopted[0] == 0 else c  # through the loser: forwarded to the holder
+                assert await end_keyed(loser.url, "k-race") == 204
                 record = await until_closed(store_url, target.episode_id, timeout=60)
         assert record["reward"]["reward"] == 1.0
         assert await live_instances(base_url) == []
@@ -131,15 +141,9 @@ async def test_a_replica_told_to_stop_hands_its_episodes_over_without_a_failed_c
     async with emulator_process() as base_url:
         config = _config(tmp_path, base_url)
         async with replica(config, store_url) as a, replica(config, store_url) as b:
-            switch = Switch()
-            keyed = era == "key"
-            url = f"{a.url}?task={TASK}" + ("&episode=k-drain" if keyed else "")
             calls = 0
             with anyio.fail_after(180):
-                async with agent(url, switch, MODERN if keyed else "legacy") as client:
-                    await _create_issue(client)
-                    route = "key:anonymous:k-drain" if keyed else f"session:{switch.session_id}"
-                    target = await adoptable(store_url, route)
+                async with episode_with_an_issue(a.url, store_url, era, "k-drain") as (client, switch, target):
                     switch.port = b.port  # from now on every request goes through B, which forwards to A
                     await _sees_the_issue(client)
                     a.proc.send_signal(signal.SIGTERM)
@@ -149,10 +153,8 @@ async def test_a_replica_told_to_stop_hands_its_episodes_over_without_a_failed_c
                     assert a.proc.returncode in (0, -signal.SIGTERM)
                     submitted = await client.call_tool("submit_final_answer", {"answer": "done"})
                     assert not submitted.is_error, submitted
-                if keyed:
-                    async with httpx2.AsyncClient(timeout=30) as http:
-                        ended = await http.delete(f"{b.url}?episode=k-drain", headers={"Mcp-Protocol-Version": MODERN})
-                    assert ended.status_code == 204
+                if era == "key":
+                    assert await end_keyed(b.url, "k-drain") == 204
                 record = await until_closed(store_url, target.episode_id)
             assert any("handed over" in line for line in a.log), a.log[-20:]
             assert b.says(f"adopted episode {target.episode_id}") == 1

@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx2
 import pytest
 from episode_end_helpers import TASK, live_instances
 from haproxy_front import free_port, haproxy
 from helpers import stop_process
 from mcp import Client
 from pg_cluster import PgCluster
-from scaleout_helpers import Replica, adoptable, spawn, store_records, until_closed
-from test_adoption import MODERN, _config, _create_issue, _sees_the_issue, agent
+from scaleout_helpers import Replica, end_keyed, spawn, store_records, until_closed
+from test_adoption import MODERN, _config, _create_issue, _sees_the_issue, agent, episode_with_an_issue
 from test_fleet_crash import emulator_process
 from test_replicas import Switch
 
@@ -90,14 +89,8 @@ async def test_kill_9_of_the_owner_behind_haproxy_the_next_call_succeeds_with_it
     tmp_path: Path, store_url: str, era: str
 ) -> None:
     async with emulator_process() as base_url, cluster(tmp_path, store_url, base_url) as (replicas, front):
-        keyed = era == "key"
-        switch = Switch()
-        url = f"{front.url}?task={TASK}" + ("&episode=k-hap" if keyed else "")
         with anyio.fail_after(180):
-            async with agent(url, switch, MODERN if keyed else "legacy") as client:
-                await _create_issue(client)
-                route = "key:anonymous:k-hap" if keyed else f"session:{switch.session_id}"
-                target = await adoptable(store_url, route)
+            async with episode_with_an_issue(front.url, store_url, era, "k-hap") as (client, _, target):
                 assert target.owner is not None
                 owner = replicas.by_pid(target.owner.pid)
                 (instance,) = await live_instances(base_url)
@@ -105,10 +98,8 @@ async def test_kill_9_of_the_owner_behind_haproxy_the_next_call_succeeds_with_it
                 await _sees_the_issue(client)  # same session id / key, through HAProxy, on another replica
                 submitted = await client.call_tool("submit_final_answer", {"answer": "done"})
                 assert not submitted.is_error, submitted
-            if keyed:
-                async with httpx2.AsyncClient(timeout=30) as http:
-                    ended = await http.delete(f"{front.url}?episode=k-hap", headers={"Mcp-Protocol-Version": MODERN})
-                assert ended.status_code == 204
+            if era == "key":
+                assert await end_keyed(front.url, "k-hap") == 204
             record = await until_closed(store_url, target.episode_id)
         adopters = [r for r in replicas.running if r is not None and r.says(f"adopted episode {target.episode_id}")]
         assert len(adopters) == 1
@@ -143,11 +134,8 @@ async def test_a_rolling_restart_of_every_replica_fails_no_call_and_loses_no_gra
                     failures.append(f"agent {n}: its client broke: {type(exc).__name__}")
                     if not keyed:
                         return
-            if keyed:
-                async with httpx2.AsyncClient(timeout=30) as http:
-                    ended = await http.delete(f"{front.url}?episode=roll-{n}", headers={"Mcp-Protocol-Version": MODERN})
-                if ended.status_code != 204:
-                    failures.append(f"agent {n}: end answered {ended.status_code}")
+            if keyed and (status := await end_keyed(front.url, f"roll-{n}")) != 204:
+                failures.append(f"agent {n}: end answered {status}")
 
         async def work(n: int, client: Client, started: anyio.Event) -> None:
             nonlocal calls, inflight

@@ -6,11 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,10 +17,11 @@ import anyio
 import httpx2
 import mcp_types as t
 import pytest
-from helpers import PY, ROOT, child_env, kitchen_cmd, read_line_matching, stop_process
+from helpers import kitchen_cmd, stop_process
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from pg_cluster import PgCluster
+from scaleout_helpers import Replica, serve
 
 from fleet_mcp_proxy.front.hop import FORWARDED_HEADER
 from fleet_mcp_proxy.ownership import host_name
@@ -34,54 +33,14 @@ MODERN = "2026-07-28"
 ANONYMOUS_KEY = "key:anonymous:"  # the route of a keyed episode when auth is off
 
 
-@dataclass
-class Replica:
-    proc: subprocess.Popen[str]
-    url: str  # .../mcp
-    log: list[str] = field(default_factory=list)
-
-    @property
-    def base(self) -> str:
-        return self.url.removesuffix("/mcp")
-
-    async def status(self, headers: dict[str, str] | None = None) -> dict[str, Any]:
-        async with httpx2.AsyncClient(timeout=10, headers=headers) as http:
-            body: dict[str, Any] = (await http.get(f"{self.base}/status")).json()
-        return body
-
-
 @contextlib.asynccontextmanager
 async def replica(store: str, **env: str) -> AsyncIterator[Replica]:
-    """`serve --port 0 --store STORE` with one kitchen backend; stderr drained into `log`."""
-    command = [PY, "-m", "fleet_mcp_proxy", "serve", "--port", "0", "--store", store, "--env", f"k={kitchen_cmd('k')}"]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=child_env(**env))
+    """`serve --port 0 --store STORE` with one kitchen backend; stderr kept in `log`."""
+    running = await serve("--store", store, "--env", f"k={kitchen_cmd('k')}", **env)
     try:
-        assert proc.stderr is not None
-        url = (await read_line_matching(proc.stderr, r"listening on (\S+)", timeout=60)).group(1)
-        running = Replica(proc, url)
-
-        async def drain() -> None:
-            assert proc.stderr is not None
-            while line := await anyio.to_thread.run_sync(proc.stderr.readline, abandon_on_cancel=True):
-                running.log.append(line)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(drain)
-            with anyio.fail_after(60):  # the owner row is registered before /healthz says ok
-                while (await _health(running)) != "ok":
-                    await anyio.sleep(0.05)
-            yield running
-            tg.cancel_scope.cancel()
+        yield running
     finally:
-        stop_process(proc)
-
-
-async def _health(r: Replica) -> str:
-    try:
-        async with httpx2.AsyncClient(timeout=5) as http:
-            return str((await http.get(f"{r.base}/healthz")).json()["status"])
-    except httpx2.TransportError:
-        return "down"
+        stop_process(running.proc)
 
 
 class Switch(httpx2.AsyncBaseTransport):
