@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -162,14 +162,21 @@ def proxy_toml(envs: Mapping[str, Mapping[str, Any]], fleet: Mapping[str, Any] |
 
 
 def proxy(
-    workdir: Path, name: str, config: str, xdg: Path, extra_env: Mapping[str, str] | None = None
+    workdir: Path,
+    name: str,
+    config: str,
+    xdg: Path,
+    extra_env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> contextlib.AbstractAsyncContextManager[Proc]:
-    """The proxy (`serve`, HTTP, a free port) in its own process with its own XDG_STATE_HOME."""
+    """The proxy (`serve`, HTTP, a free port) in its own process with its own XDG_STATE_HOME; `extra_args` go
+    after the others (e.g. `--store URL`)."""
     path = workdir / f"proxy-{name}.toml"
     path.write_text(config, encoding="utf-8")
     xdg.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "XDG_STATE_HOME": str(xdg), **(extra_env or {})}
     args = [PY, "-m", "fleet_mcp_proxy", "serve", "--port", "0", "--log-level", "WARNING", "--config", str(path)]
+    args += extra_args
     return process(args, r"listening on (\S+)", workdir / f"proxy-{name}.log", env)
 
 

@@ -2,9 +2,9 @@
 
     .venv/bin/python -m benchmarks [--quick] [--json benchmarks/results.json] [--only NAME ...] [--keep]
 
-Sections: sequential, throughput, large, setup, memory, warm_pool, scale. A section that fails is reported
-as a MISS row with its error and the others still run. Ratios (proxy / direct, same run) are the figures that
-count; absolute times drift with the machine and its load.
+Sections: sequential, throughput, stdio_throughput, large, setup, memory, warm_pool, scale, replicas. A section
+that fails is reported as a MISS row with its error and the others still run. Ratios (proxy / direct, same run)
+are the figures that count; absolute times drift with the machine and its load.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import anyio
 
-from . import large, memory, scale, sequential, setup_time, stdio_throughput, throughput, warm_pool
+from . import large, memory, replicas, scale, sequential, setup_time, stdio_throughput, throughput, warm_pool
 from .common import describe
 from .report import Context, Row, SectionResult, machine, markdown, render, rows_json
 
@@ -37,6 +37,7 @@ SECTIONS: dict[str, Section] = {
     "memory": memory.run,
     "warm_pool": warm_pool.run,
     "scale": scale.run,
+    "replicas": replicas.run,
 }
 SECTION_BUDGET = 900.0
 

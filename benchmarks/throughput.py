@@ -31,15 +31,18 @@ async def _open(stack: contextlib.AsyncExitStack, url: str, count: int, call: bo
     return clients
 
 
-async def window(clients: list[Client], seconds: float) -> dict[str, float]:
-    """Every client calls back to back until the window closes; completed calls per second."""
+async def window(clients: list[Client], seconds: float, samples: list[float] | None = None) -> dict[str, float]:
+    """Every client calls back to back until the window closes; completed calls per second. Each call's
+    latency (ms) goes to `samples` when given."""
     counts = [0] * len(clients)
     errors = [0]
     end = time.perf_counter() + seconds
 
     async def worker(index: int, client: Client) -> None:
-        while time.perf_counter() < end:
+        while (started := time.perf_counter()) < end:
             result = await client.call_tool("echo", {"text": "x"})
+            if samples is not None:
+                samples.append((time.perf_counter() - started) * 1000)
             counts[index] += 1
             errors[0] += bool(result.is_error)
 
