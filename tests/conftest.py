@@ -5,6 +5,7 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
+import debootstrap_base
 import pytest
 from canaries import CANARIES
 from pg_cluster import PgCluster, start_cluster
@@ -74,3 +75,15 @@ def no_secret_in_logs() -> Iterator[None]:
         root.setLevel(level)
     if watch.leaks:
         pytest.fail("a secret reached the log:\n" + "\n".join(watch.leaks[:5]), pytrace=False)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The image test's base image takes minutes of downloads: start it now, in the background, when it will run."""
+    if any(
+        item.path.name == "test_docker_image.py" and item.name.startswith("test_the_image") for item in session.items
+    ):
+        debootstrap_base.start()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    debootstrap_base.stop()

@@ -4,14 +4,13 @@ The test starts its own dockerd (no bridge network; its own data root, exec root
 temporary directory, never the system's), makes a Debian base image itself with debootstrap from the mirror
 apt uses, builds the Dockerfile on it, runs the image on a free loopback port (host network) and drives one
 MCP session through it with the SDK client. Measured on a 2-core machine: about 3 minutes, most of it
-debootstrap.
+debootstrap, which conftest therefore starts in the background when the session begins (`debootstrap_base.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -23,18 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import debootstrap_base
 import httpx2
 import pytest
+from debootstrap_base import apt_mirror
 from haproxy_front import free_port
 from helpers import ROOT, http_client
 
 DOCKERD = shutil.which("dockerd")
-DEBOOTSTRAP = shutil.which("debootstrap")
+DEBOOTSTRAP = debootstrap_base.DEBOOTSTRAP
 # The client Debian ships with its daemon (docker.io), not whichever other `docker` comes first on PATH.
 DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-SUITE = "bookworm"
-FALLBACK_MIRROR = "http://deb.debian.org/debian"
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="dockerd and debootstrap need root"),
@@ -45,24 +44,6 @@ pytestmark = [
     ),
     pytest.mark.timeout(600),
 ]
-
-
-def apt_mirror(sources: Path = Path("/etc/apt")) -> str:
-    """The Debian mirror this machine's apt uses for SUITE (deb822 `.sources` or one-line `.list` files)."""
-    files = sorted(sources.glob("sources.list.d/*.sources")) + [sources / "sources.list"]
-    files += sorted(sources.glob("sources.list.d/*.list"))
-    for path in files:
-        if not path.is_file():
-            continue
-        text = path.read_text(errors="replace")
-        for stanza in re.split(r"\n\s*\n", text):
-            fields = dict(re.findall(r"^(\w[\w-]*):\s*(.*)$", stanza, re.M))
-            if SUITE in fields.get("Suites", "").split() and fields.get("URIs"):
-                return fields["URIs"].split()[0]
-        for match in re.finditer(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+(\S+)\s", text, re.M):
-            if match.group(2) == SUITE:
-                return match.group(1)
-    return FALLBACK_MIRROR
 
 
 def test_apt_mirror_reads_both_source_formats(tmp_path: Path) -> None:
@@ -94,13 +75,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(10)
 
 
-def _unmount_under(root: Path) -> None:
-    """dockerd leaves its host-network namespace (exec-root/netns/default) mounted when it exits."""
-    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-    for point in sorted((m for m in mounts if m.startswith(f"{root}/")), key=len, reverse=True):
-        subprocess.run(["umount", point], capture_output=True, timeout=30, check=False)
-
-
 @contextlib.contextmanager
 def private_dockerd(root: Path) -> Iterator[dict[str, str]]:
     """A dockerd of our own under ROOT; yields the environment that points the docker client at it."""
@@ -127,7 +101,7 @@ def private_dockerd(root: Path) -> Iterator[dict[str, str]]:
         yield env
     finally:
         _stop(proc)
-        _unmount_under(root)
+        debootstrap_base.unmount_under(root)  # dockerd leaves its host-network namespace mounted
 
 
 def _import_base(rootfs: Path, tag: str, env: dict[str, str]) -> None:
@@ -167,9 +141,8 @@ def test_the_image_builds_on_a_debootstrapped_base_and_serves_mcp() -> None:
     name = f"fmp-test-{uuid.uuid4().hex[:8]}"
     try:
         with private_dockerd(root) as env:
-            rootfs = root / "rootfs"
-            debootstrap = [DEBOOTSTRAP, "--variant=minbase", "--include=python3,python3-venv", SUITE, str(rootfs)]
-            _run("debootstrap", timings, [*debootstrap, apt_mirror()], timeout=420)
+            # Started in the background when the session began (conftest): usually done or nearly by now.
+            rootfs, timings["debootstrap wait"] = debootstrap_base.rootfs(timeout=420)
             shutil.copy(CA_BUNDLE, rootfs / "etc" / "ssl" / "certs" / CA_BUNDLE.name)  # pip in the build trusts it
             _import_base(rootfs, f"{name}-base", env)
             shutil.rmtree(rootfs, ignore_errors=True)
