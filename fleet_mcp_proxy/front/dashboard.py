@@ -153,7 +153,7 @@ def routes(holder: StateHolder) -> list[Route]:
             wall=time.time(),
             me=state.registry.owner,
             owned=owned,
-            adoptions=int(getattr(state.registry, "adoptions", 0)),  # the lead's Registry.adoptions, once merged
+            adoptions=state.registry.adoptions,
             sweep=_figures(holder.sweeper),
             sweep_lease=lease,
         )

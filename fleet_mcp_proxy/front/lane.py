@@ -25,7 +25,7 @@ from mcp.server.transport_security import TransportSecurityMiddleware
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
-from starlette.types import Message, Receive, Send
+from starlette.types import Receive, Send
 
 from .. import telemetry
 from ..calls import malformed_message, stopped_message, timeout_message, unreachable_message
@@ -48,7 +48,7 @@ from .admission import (
 )
 from .auth import current_principal
 from .episodes import StateHolder
-from .lane_messages import cancelled, dumps, failed
+from .lane_messages import cancelled, dumps, failed, replay
 from .toolresult import finish_forwarded
 
 logger = logging.getLogger(__name__)
@@ -146,16 +146,6 @@ async def _accepted(send: Send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """The request as the SDK would have read it: the body the lane consumed, then the rest of the stream."""
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def replayed() -> Message:
-        return pending.pop() if pending else await receive()
-
-    return replayed
-
-
 @contextmanager
 def _holding(transport: Any) -> Any:
     """Hold the SDK transport session open while the lane serves it, as its own requests do.
@@ -230,7 +220,7 @@ class FastLane:
         handled = False
         if parsed is not None:
             handled = await self._dispatch(parsed, episode, transport, send, session_id)
-        return None if handled else _replay(raw, receive)
+        return None if handled else replay(raw, receive)
 
     async def _dispatch(self, request: dict[str, Any], episode: Episode, transport: Any, send: Send, sid: str) -> bool:
         method = request.get("method")

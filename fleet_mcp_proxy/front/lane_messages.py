@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from starlette.types import Message, Receive
+
 from .. import telemetry
 
 
@@ -24,3 +26,13 @@ def cancelled(request_id: str, reason: str) -> dict[str, Any]:
         "method": "notifications/cancelled",
         "params": {"requestId": request_id, "reason": reason},
     }
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """The request as the SDK would have read it: the body the lane consumed, then the rest of the stream."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed

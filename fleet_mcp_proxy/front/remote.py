@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 import anyio
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from ..adoption import Adopter, orphaned
 from .auth import current_principal
 from .drain import handed_over
 from .hop import Forwarder
+from .lane_messages import replay
 from .revive import revive_session
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class Remote:
                 body = await self.forwarder.forward(owner, scope, receive, send, unreachable)
                 if body is None:
                     return None
-                receive = _replay(body)  # the owner handed the episode over meanwhile: adopt it here
+                receive = replay(body, receive)  # the owner handed the episode over meanwhile: adopt it here
                 target = await self.forwarder.lookup(route)
                 if target is None:
                     return receive
@@ -72,7 +73,7 @@ class Remote:
                     body = await self.forwarder.forward(owner, scope, receive, send, unreachable)
                     if body is None:
                         return None
-                    receive = _replay(body)
+                    receive = replay(body, receive)
         if episode is None or session_id is None:
             return receive
         # The client's session id must be served here now, as the client opened it, before the SDK sees it; its
@@ -92,16 +93,3 @@ class Remote:
             del self._reviving[session_id]
             done.set()
         return receive
-
-
-def _replay(body: bytes) -> Receive:
-    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
-    gone = anyio.Event()
-
-    async def replayed() -> Message:
-        if pending:
-            return pending.pop()
-        await gone.wait()  # the body was read whole: nothing more comes but the end of the connection
-        return {"type": "http.disconnect"}
-
-    return replayed
