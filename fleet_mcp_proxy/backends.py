@@ -20,10 +20,11 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from .catalog_memo import shared_list
+from .connpool import http_transport, lane_pool, release_http_transport, release_lane_pool
 from .fastlane.stdio import StdioTap, tapped_stdio_client
 from .fastlane.target import LaneTarget
 from .providers.base import HttpTarget, Instance, StdioTarget
-from .tls import client_context
 from .transport import RetryUnacceptedTransport
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class BackendLink:
         self.failure: str | None = None
         self._http: RetryUnacceptedTransport | None = None
         self._lane: LaneTarget | None = None
+        self._lane_url = ""
         self._tap: StdioTap | None = None
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
@@ -124,7 +126,9 @@ class BackendLink:
         finally:
             self._session = None
             if self._lane is not None:
-                await self._lane.pool.aclose()
+                await release_lane_pool(self._lane_url)
+            if self._http is not None:
+                await release_http_transport()
             self._stopped.set()
             if not started:
                 task_status.started()
@@ -140,9 +144,7 @@ class BackendLink:
             server = tapped_stdio_client(params, self._tap)
         else:
             assert isinstance(target, HttpTarget)
-            self._http = RetryUnacceptedTransport(
-                httpx2.AsyncHTTPTransport(verify=client_context(), trust_env=False), timeout=self._retry_budget
-            )
+            self._http = RetryUnacceptedTransport(http_transport(), timeout=self._retry_budget, owns_inner=False)
             http = httpx2.AsyncClient(
                 headers=dict(target.headers), timeout=httpx2.Timeout(30.0, read=None), transport=self._http
             )
@@ -168,15 +170,16 @@ class BackendLink:
 
     def lane_target(self, tool: str | None = None) -> LaneTarget | None:
         """Where the fast lane can send this backend's tool calls (`tool`'s): its HTTP session, once settled."""
-        if self._lane is None and self._http is not None and self._http.session_id and self.alive:
+        http = self._http
+        if self._lane is None and http is not None and http.session_id and self.alive:
             target = self.instance.target
             assert isinstance(target, HttpTarget)
             try:
-                self._lane = LaneTarget.for_session(
-                    target.url, target.headers, self._http.session_id, self._http.protocol_version
-                )
+                pool = lane_pool(target.url)
             except ValueError:  # not plain http(s): the SDK path serves it
                 return None
+            self._lane_url = target.url
+            self._lane = LaneTarget.for_session(pool, target.headers, http.session_id, http.protocol_version)
         return self._lane if self.alive else None
 
     def stdio_tap(self) -> StdioTap | None:
@@ -235,7 +238,7 @@ class BackendLink:
         }
         for key in keys or tuple(_LIST_METHODS):
             if wanted[key]:
-                self.lists[key] = await self.list_all(key, timeout)
+                self.lists[key] = shared_list(await self.list_all(key, timeout))
 
     def _gone_message(self) -> str:
         if self.failure is not None:

@@ -31,11 +31,9 @@ from .catalog import (
     PromptCatalog,
     ResourceCatalog,
     ToolCatalog,
-    build_prompt_catalog,
-    build_resource_catalog,
-    build_tool_catalog,
 )
 from .catalog_cache import CatalogCache, cache_key
+from .catalog_memo import prompt_catalog, resource_catalog, tool_catalog
 from .config import GRADING_MARGIN, EnvironmentConfig, FleetSettings, Modality
 from .forwarding import Upstream, origin_among
 from .outcome import Execute, Outcome
@@ -127,9 +125,9 @@ class Episode:
         self.links: dict[str, BackendLink] = {}
         self.instances: dict[str, Instance] = {}
         self._flight: _Flight | None = None
-        self.tools: ToolCatalog = build_tool_catalog({}, self._synthetic, modality)
-        self.prompts: PromptCatalog = build_prompt_catalog({})
-        self.resources: ResourceCatalog = build_resource_catalog({}, {})
+        self.tools: ToolCatalog = tool_catalog({}, self._synthetic, modality)
+        self.prompts: PromptCatalog = prompt_catalog({})
+        self.resources: ResourceCatalog = resource_catalog({}, {})
         self.connections: list[Connection] = []
         self.session_ids: set[str] = set()
         self.bus = InMemorySubscriptionBus()
@@ -216,7 +214,7 @@ class Episode:
                 return False
             lists[alias] = tools
         if not self.provisioned:
-            self.tools = build_tool_catalog(lists, self._synthetic, self._modality)
+            self.tools = tool_catalog(lists, self._synthetic, self._modality)
             self._served_from_cache = True
             if self.provision_on_list:  # opted in: an episode that only lists tools then costs an instance
                 self._start_flight()
@@ -353,9 +351,9 @@ class Episode:
 
     def _rebuild(self) -> None:
         lists = {alias: link.lists for alias, link in sorted(self.links.items())}
-        self.tools = build_tool_catalog({a: ls["tools"] for a, ls in lists.items()}, self._synthetic, self._modality)
-        self.prompts = build_prompt_catalog({a: ls["prompts"] for a, ls in lists.items()})
-        self.resources = build_resource_catalog(
+        self.tools = tool_catalog({a: ls["tools"] for a, ls in lists.items()}, self._synthetic, self._modality)
+        self.prompts = prompt_catalog({a: ls["prompts"] for a, ls in lists.items()})
+        self.resources = resource_catalog(
             {a: ls["resources"] for a, ls in lists.items()},
             {a: ls["resourceTemplates"] for a, ls in lists.items()},
         )

@@ -30,8 +30,11 @@ class RetryUnacceptedTransport(httpx2.AsyncBaseTransport):
     `timeout` bounds all retries of one request; the link keeps it well inside the call's own deadline.
     """
 
-    def __init__(self, inner: httpx2.AsyncBaseTransport, *, attempts: int = 4, timeout: float = 15.0) -> None:
+    def __init__(
+        self, inner: httpx2.AsyncBaseTransport, *, attempts: int = 4, timeout: float = 15.0, owns_inner: bool = True
+    ) -> None:
         self._inner = inner
+        self._owns_inner = owns_inner  # a pool shared by every link is closed by its last user, not by each
         self._attempts = attempts
         self._timeout = timeout
         # What the SDK client settled with the server, for the fast lane's requests on the same session.
@@ -74,4 +77,5 @@ class RetryUnacceptedTransport(httpx2.AsyncBaseTransport):
         return response
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        if self._owns_inner:
+            await self._inner.aclose()

@@ -17,13 +17,9 @@ class LaneTarget:
 
     @classmethod
     def for_session(
-        cls, url: str, extra: Mapping[str, str], session_id: str, protocol_version: str | None
+        cls, pool: Http1Pool, extra: Mapping[str, str], session_id: str, protocol_version: str | None
     ) -> LaneTarget:
-        """The SDK client's session with the backend, shared: same id, same protocol version, same headers.
-
-        Raises:
-            ValueError: the URL is not plain http or https.
-        """
+        """The SDK client's session with the backend, shared: same id, same protocol version, same headers."""
         headers = [
             (b"content-type", b"application/json"),
             (b"accept", b"application/json, text/event-stream"),
@@ -34,4 +30,4 @@ class LaneTarget:
         for name, value in extra.items():
             if name.lower() not in _HOP_BY_HOP and name.lower() not in ("mcp-session-id", "mcp-protocol-version"):
                 headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
-        return cls(Http1Pool(url), tuple(headers))
+        return cls(pool, tuple(headers))
