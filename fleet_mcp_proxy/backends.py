@@ -7,6 +7,7 @@ group) that catches whatever kills it, and request handlers only call into it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,11 +20,13 @@ import mcp_types as t
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from pydantic import TypeAdapter, ValidationError
 
 from .catalog_memo import shared_list
 from .connpool import http_transport, lane_pool, release_http_transport, release_lane_pool
 from .fastlane.stdio import StdioTap, tapped_stdio_client
 from .fastlane.target import LaneTarget
+from .http_session import HttpSession, Redirected, Unreachable
 from .providers.base import HttpTarget, Instance, StdioTarget
 from .transport import RetryUnacceptedTransport
 
@@ -37,6 +40,19 @@ _LIST_METHODS = {
     "resourceTemplates": "resources/templates/list",
 }
 _MAX_PAGES = 1000
+_NOTIFICATION = TypeAdapter[Any](t.ServerNotification)
+# The environment's own requests the proxy relays to the agent, and what each answer must be.
+_RELAYED: dict[str, tuple[type[Any], type[Any]]] = {
+    "sampling/createMessage": (t.CreateMessageRequest, t.CreateMessageResult),
+    "elicitation/create": (t.ElicitRequest, t.ElicitResult),
+    "roots/list": (t.ListRootsRequest, t.ListRootsResult),
+}
+# What the proxy announces it can answer (it relays each to the agent), as the SDK client announced it.
+_CAPABILITIES: dict[str, Any] = {
+    "sampling": {},
+    "elicitation": {"form": {}, "url": {}},
+    "roots": {"listChanged": True},
+}
 
 
 class BackendGone(Exception):
@@ -65,7 +81,11 @@ def _describe(exc: BaseException) -> str:
         return "its URL did not answer in time"
     if isinstance(exc, httpx2.HTTPStatusError):
         return f"its URL answered HTTP {exc.response.status_code}"
+    if isinstance(exc, Unreachable):
+        return "nothing accepted the connection at its URL"
     if isinstance(exc, MCPError):
+        if exc.code == t.INTERNAL_ERROR and exc.error.message == "Server returned an error response":
+            return "its URL answered an HTTP error"
         return "it closed the connection" if exc.code == t.CONNECTION_CLOSED else f"it answered MCP error {exc.code}"
     return "it stopped unexpectedly"
 
@@ -90,12 +110,15 @@ class BackendLink:
         self._lane: LaneTarget | None = None
         self._lane_url = ""
         self._tap: StdioTap | None = None
+        self._raw: HttpSession | None = None  # an HTTP environment, spoken to without an SDK client
+        self._up = False
+        self._tokens = itertools.count(1)
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
 
     @property
     def alive(self) -> bool:
-        return self._session is not None and self.failure is None and not self._stopped.is_set()
+        return self._up and self.failure is None and not self._stopped.is_set()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -104,14 +127,20 @@ class BackendLink:
         try:
             with anyio.CancelScope(deadline=anyio.current_time() + self._startup_timeout) as scope:
                 async with AsyncExitStack() as stack:
-                    client = await stack.enter_async_context(self._client(stack))
-                    self._session = client.session
-                    self.capabilities = client.server_capabilities
+                    if not await self._open_raw(stack):
+                        client = await stack.enter_async_context(self._client(stack))
+                        self._session = client.session
+                        self.capabilities = client.server_capabilities
+                    self._up = True
                     await self.refresh()
                     scope.deadline = math.inf
                     started = True
                     task_status.started()
-                    await self._stop.wait()
+                    async with anyio.create_task_group() as tg:
+                        if self._raw is not None:
+                            tg.start_soon(self._raw.listen, self._on_stream_message)
+                        await self._stop.wait()
+                        tg.cancel_scope.cancel()
             if scope.cancelled_caught and not started:
                 self.failure = f"did not start within {self._startup_timeout:g} s"
         except* Exception as group:
@@ -125,13 +154,33 @@ class BackendLink:
             )
         finally:
             self._session = None
-            if self._lane is not None:
+            self._up = False
+            if self._lane is not None and self._raw is None:
                 await release_lane_pool(self._lane_url)
             if self._http is not None:
                 await release_http_transport()
             self._stopped.set()
             if not started:
                 task_status.started()
+
+    async def _open_raw(self, stack: AsyncExitStack) -> bool:
+        """The handshake with an HTTP environment over the shared pool; False where the SDK client must serve."""
+        target = self.instance.target
+        if not isinstance(target, HttpTarget):
+            return False
+        try:
+            raw = HttpSession(target.url, target.headers, retry_budget=self._retry_budget)
+        except ValueError:  # not plain http(s)
+            return False
+        stack.push_async_callback(raw.aclose)
+        try:
+            result = await raw.initialize(_CAPABILITIES, self._on_stream_message)
+        except Redirected:  # the SDK client follows same-origin redirects; this does not
+            await raw.aclose(terminate=False)
+            return False
+        self._raw = raw
+        self.capabilities = result.capabilities
+        return True
 
     def _client(self, stack: AsyncExitStack) -> Client:
         target = self.instance.target
@@ -170,6 +219,10 @@ class BackendLink:
 
     def lane_target(self, tool: str | None = None) -> LaneTarget | None:
         """Where the fast lane can send this backend's tool calls (`tool`'s): its HTTP session, once settled."""
+        if self._raw is not None:
+            if self._lane is None and self._raw.session_id is not None:
+                self._lane = LaneTarget(self._raw.pool, self._raw.headers())
+            return self._lane if self.alive else None
         http = self._http
         if self._lane is None and http is not None and http.session_id and self.alive:
             target = self.instance.target
@@ -202,8 +255,12 @@ class BackendLink:
             BackendGone: the link is closed or died.
             MCPError: the backend answered with an error, or REQUEST_TIMEOUT / CONNECTION_CLOSED.
         """
+        if not self.alive:
+            raise BackendGone(self._gone_message())
+        if self._raw is not None:
+            return await self._raw_request(method, params, timeout, on_progress)
         session = self._session
-        if session is None or self.failure is not None:
+        if session is None:
             raise BackendGone(self._gone_message())
         data: dict[str, Any] = {"method": method, "params": dict(params) if params is not None else {}}
         opts: dict[str, Any] = {"timeout": timeout}
@@ -213,6 +270,28 @@ class BackendLink:
         # a proxy forwards what it got. These two private members are pinned by mcp==2.3.0 and a test.
         session._stamp(data, opts)  # type: ignore[arg-type]
         return await session._dispatcher.send_raw_request(method, data["params"], opts)  # type: ignore[arg-type]
+
+    async def _raw_request(
+        self, method: str, params: Mapping[str, Any] | None, timeout: float, on_progress: ProgressFn | None
+    ) -> dict[str, Any]:
+        assert self._raw is not None
+        sent = dict(params) if params is not None else {}
+        token: str | None = None
+        if on_progress is not None:
+            token = f"fmp-p-{next(self._tokens)}"
+            sent["_meta"] = {**(sent.get("_meta") or {}), "progressToken": token}
+
+        async def on_message(message: dict[str, Any]) -> None:
+            if message.get("method") == "notifications/progress":
+                progress = message.get("params") or {}
+                if on_progress is not None and progress.get("progressToken") == token:
+                    value = progress.get("progress")
+                    if isinstance(value, int | float):
+                        await on_progress(float(value), progress.get("total"), progress.get("message"))
+                return
+            await self._on_message_raw(message, inline=True)
+
+        return await self._raw.request(method, sent, timeout=timeout, on_message=on_message)
 
     async def list_all(self, key: str, timeout: float) -> list[dict[str, Any]]:
         """Follow a list method's cursors to the end."""
@@ -246,6 +325,51 @@ class BackendLink:
         return f"The environment '{self.alias}' has been shut down."
 
     # -- traffic the backend starts ---------------------------------------------------------------------------
+    async def _on_stream_message(self, message: dict[str, Any]) -> None:
+        await self._on_message_raw(message, inline=False)
+
+    async def _on_message_raw(self, message: dict[str, Any], *, inline: bool) -> None:
+        """A message an HTTP environment sent on its own (GET stream) or ahead of an answer (a call's stream)."""
+        method = message.get("method")
+        if not isinstance(method, str):
+            return  # a stray answer: nothing waits for it
+        if "id" in message:
+            await self._answer_raw(message)
+            return
+        if method in ("notifications/progress", "notifications/cancelled"):
+            return  # progress reaches the call it belongs to; nothing here was cancelled by the environment
+        try:
+            notification = _NOTIFICATION.validate_python(message)
+        except ValidationError:
+            logger.info("environment %s sent a malformed %s notification", self.alias, method)
+            return
+        if isinstance(notification, t.LoggingMessageNotification):
+            await self._on_log(notification.params)
+        else:
+            await self._events.relay_notification(self.alias, notification)
+
+    async def _answer_raw(self, message: dict[str, Any]) -> None:
+        """Relay one of the environment's requests to the agent and post the agent's answer back."""
+        assert self._raw is not None
+        method = message["method"]
+        reply: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"]}
+        shapes = _RELAYED.get(method)
+        if method == "ping":
+            reply["result"] = {}
+        elif shapes is None:
+            reply["error"] = {"code": t.METHOD_NOT_FOUND, "message": f"Method not found: {method}"}
+        else:
+            request_type, result_type = shapes
+            try:
+                request = request_type.model_validate({"method": method, "params": message.get("params")})
+            except ValidationError:
+                reply["error"] = {"code": t.INVALID_PARAMS, "message": f"Invalid params for {method}"}
+            else:
+                answer = await self._relay(request, result_type)
+                key = "error" if isinstance(answer, t.ErrorData) else "result"
+                reply[key] = answer.model_dump(by_alias=True, mode="json", exclude_none=True)
+        await self._raw.notify(reply)
+
     async def _on_sampling(
         self, context: ClientRequestContext, params: t.CreateMessageRequestParams
     ) -> t.CreateMessageResult | t.ErrorData:

@@ -183,7 +183,11 @@ class Http1Pool:
         Raises:
             LaneError: connecting, sending or reading the head failed.
         """
-        head = [b"POST ", self.path.encode("ascii"), b" HTTP/1.1\r\nhost: ", self.authority]
+        return await self.send(b"POST", headers, body)
+
+    async def send(self, method: bytes, headers: Iterable[tuple[bytes, bytes]], body: bytes = b"") -> Http1Response:
+        """Send one request (POST, GET or DELETE) and read the answer's head, as `post` does."""
+        head = [method, b" ", self.path.encode("ascii"), b" HTTP/1.1\r\nhost: ", self.authority]
         head.append(b"\r\ncontent-length: " + str(len(body)).encode("ascii") + b"\r\n")
         for name, value in headers:
             head += (name, b": ", value, b"\r\n")
