@@ -2,8 +2,10 @@
 
 Three proxy cases: a cold process (fresh XDG_STATE_HOME: no catalog cache, first episode ever); a new process
 sharing a cold run's XDG_STATE_HOME (the catalog cache on disk is warm), its first episode; and that process's
-later episodes, interleaved with direct sessions (the figure the target applies to). The kitchen backend pages
-its tool list by 3 and the proxy answers in one page; the figure is the first `tools/list` request either way.
+later episodes, interleaved with direct sessions in ABBA order (100 each, 20 with `--quick`): the figures the
+targets apply to, p50, mean and p99 each. The kitchen backend pages its tool list by 3 and the proxy answers in
+one page; the figure is the first `tools/list` request either way. Nothing the proxy does for an episode
+(provisioning included) is moved out of the window: the session is timed until its first `tools/list` result.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import time
 
 from .common import http_client, kitchen, ms_since, proxy, proxy_toml, ratio, session, summary
 from .report import Context, Row, SectionResult, at_most, fmt_ms
+
+TARGET = 1.3  # each of p50, mean and p99
 
 
 async def first_list(url: str) -> float:
@@ -27,7 +31,7 @@ async def first_list(url: str) -> float:
 
 
 async def run(ctx: Context) -> SectionResult:
-    cold_runs, rounds = (1, 8) if ctx.quick else (3, 20)
+    cold_runs, rounds = (1, 20) if ctx.quick else (3, 100)
     result = SectionResult()
     async with kitchen(ctx.workdir, "setup") as backend:
         config = proxy_toml({"a": {"url": backend.url}})
@@ -50,17 +54,19 @@ async def run(ctx: Context) -> SectionResult:
         "proxy_cold_process_first": c,
         "proxy_warm_process_first": warm_first,
     }
-    r_value = ratio(p["p50"], d["p50"])
     result.rows += [
         Row(
             "setup",
-            "connect -> tools/list, warm cache p50",
-            fmt_ms(d["p50"]),
-            fmt_ms(p["p50"]),
-            r_value,
-            "ratio <= 1.3",
-            at_most(r_value, 1.3),
-        ),
+            f"connect -> tools/list, warm cache {stat}",
+            fmt_ms(d[stat]),
+            fmt_ms(p[stat]),
+            ratio(p[stat], d[stat]),
+            f"ratio <= {TARGET}",
+            at_most(ratio(p[stat], d[stat]), TARGET),
+        )
+        for stat in ("p50", "mean", "p99")
+    ]
+    result.rows += [
         Row(
             "setup",
             "first episode, new process, warm cache",

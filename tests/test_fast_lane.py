@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import mcp_types as t
 import pytest
 from edge_helpers import Recording, Seen, kitchen_app, serve
@@ -192,3 +193,24 @@ async def test_stdio_backends_stay_on_the_sdk_path() -> None:
             echo = await c.call_tool("echo", {"text": "x"})
         assert echo.structured_content == {"text": "x", "backend": "a"}
         assert proxy.holder.lane.served == 0
+
+
+async def test_status_counts_the_calls_the_lane_carried() -> None:
+    async with (
+        recorded_kitchen("a") as (backend, seen),
+        proxy_http(config_with(f"a={backend}")) as proxy,
+        http_client(proxy.url) as c,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        with anyio.fail_after(30):
+            await c.list_tools()
+            for text in ("one", "two", "three"):
+                await c.call_tool("echo", {"text": text})
+            await c.call_tool("count", {"n": 2}, progress_callback=_progress)  # a progress token: the SDK path
+            status = (await http.get(proxy.url.removesuffix("/mcp") + "/status")).json()
+    assert status["lane_served"] == len(lane_calls(seen)) == 3, seen.messages
+    assert sdk_calls(seen) == 1, seen.messages
+
+
+async def _progress(progress: float, total: float | None, message: str | None) -> None:
+    return None

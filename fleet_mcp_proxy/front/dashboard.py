@@ -150,6 +150,7 @@ def routes(holder: StateHolder) -> list[Route]:
             store=store,
             replicas=replicas,
             forwarded=holder.forwarder.forwarded if holder.forwarder is not None else 0,
+            lane_served=holder.lane.served if holder.lane is not None else 0,
             wall=time.time(),
             me=state.registry.owner,
             owned=owned,

@@ -39,6 +39,7 @@ class StatusInputs:
     store: str  # "ok", "disabled" or "unavailable"
     replicas: Sequence[OwnerRecord] = ()  # the store's owner rows: every process serving or finishing on it
     forwarded: int = 0  # requests this replica relayed to the owner of their episode
+    lane_served: int = 0  # tool calls the HTTP fast lane answered (the rest took the SDK path)
     wall: float = 0.0  # time.time(), the clock of the owners' leases
     me: str | None = None  # this process's owner id
     owned: Mapping[str, OwnedCount] | None = None  # per owner id, from the store
@@ -258,6 +259,7 @@ def build_status(inputs: StatusInputs) -> JSON:
         "provisioning": latency_view(inputs.latencies),
         "replicas": [_replica(owner, inputs) for owner in inputs.replicas],
         "forwarded": inputs.forwarded,
+        "lane_served": inputs.lane_served,
         "adoptions": inputs.adoptions,
         "sweep": _sweep(inputs),
     }
