@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 OnMessage = Callable[[dict[str, Any]], Awaitable[None]]
 _NOT_ACCEPTED = frozenset({502, 503})
 _ACCEPT = b"application/json, text/event-stream"
+_SSE = b"text/event-stream"
+_RESUME_ATTEMPTS = 2
 _HOP_BY_HOP = frozenset({"host", "content-length", "connection", "transfer-encoding", "keep-alive", "upgrade"})
 _GET_ATTEMPTS = 2  # as the SDK client: a GET stream that fails twice in a row is given up
 _GET_RETRY = 1.0
@@ -102,7 +104,7 @@ class HttpSession:
                 something that is not JSON-RPC; INTERNAL_ERROR/INVALID_REQUEST for HTTP errors (as the SDK).
             Unreachable: nothing accepted the request (it was never sent), once the retry budget is spent.
         """
-        request_id = f"fmp-{next(self._ids)}"
+        request_id = f"fmp-s-{next(self._ids)}"  # "fmp-N" are the fast lane's
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             message["params"] = dict(params)
@@ -140,9 +142,11 @@ class HttpSession:
         params = {"requestId": request_id, "reason": reason}
         await self.notify({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params})
 
-    async def _send(self, method: bytes, body: bytes, accept: bytes = _ACCEPT) -> Http1Response:
+    async def _send(
+        self, method: bytes, body: bytes, accept: bytes = _ACCEPT, extra: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> Http1Response:
         """One request, sent again only when the environment cannot have acted on it (as transport.py)."""
-        headers = self.headers(accept)
+        headers = (*self.headers(accept), *extra)
         try:
             first = await self.pool.send(method, headers, body)
         except LaneError as exc:
@@ -179,28 +183,49 @@ class HttpSession:
             raise await _status_error(response, self.session_id is not None)
         if self.session_id is None and (sid := response.headers.get(b"mcp-session-id")):
             self.session_id = sid.decode("ascii")
+        content_type = response.headers.get(b"content-type", b"")
         try:
-            if response.headers.get(b"content-type", b"").startswith(b"application/json"):
+            if content_type.startswith(b"application/json"):
                 return _result(json.loads(await response.read()))
-            decoder = SseDecoder()
-            async with aclosing(response.chunks()) as chunks:
-                async for chunk in chunks:
-                    for data in decoder.feed(chunk):
-                        message = json.loads(data)
-                        if isinstance(message, dict) and "method" not in message and message.get("id") == request_id:
-                            with anyio.move_on_after(1):  # the stream ends right after: finish it to reuse it
-                                async for _ in chunks:
-                                    pass
-                            return _result(message)
-                        if isinstance(message, dict):
-                            await on_message(message)
-            if not response.headers.get(b"content-type", b"").startswith(b"text/event-stream"):
+            if not content_type.startswith(b"text/event-stream"):
+                await response.release()
                 raise MCPError(t.INVALID_REQUEST, "Unexpected content type")
+            decoder = SseDecoder()
+            for attempt in range(_RESUME_ATTEMPTS + 1):
+                answer = await self._read_stream(response, decoder, request_id, on_message)
+                if answer is not None:
+                    return answer
+                if decoder.last_id is None or attempt == _RESUME_ATTEMPTS:
+                    break
+                # The server closed the stream before the answer but numbered its events: pick it up where it
+                # stopped, after the pause it asked for (the SDK client's resumption).
+                await anyio.sleep((decoder.retry_ms if decoder.retry_ms is not None else 1000) / 1000)
+                response = await self._send(b"GET", b"", _SSE, ((b"last-event-id", decoder.last_id),))
+                if response.status != 200:
+                    await response.release()
+                    break
         except LaneError:
             raise MCPError(t.CONNECTION_CLOSED, "Connection closed") from None
         except ValueError:  # not JSON, or not JSON-RPC: the environment broke the protocol
             raise MCPError(t.PARSE_ERROR, "The environment's answer is not JSON-RPC.") from None
         raise MCPError(t.CONNECTION_CLOSED, "Connection closed")
+
+    async def _read_stream(
+        self, response: Http1Response, decoder: SseDecoder, request_id: str, on_message: OnMessage
+    ) -> dict[str, Any] | None:
+        """The answer to `request_id` from one SSE body, or None when the body ended first."""
+        async with aclosing(response.chunks()) as chunks:
+            async for chunk in chunks:
+                for data in decoder.feed(chunk):
+                    message = json.loads(data)
+                    if isinstance(message, dict) and "method" not in message and message.get("id") == request_id:
+                        with anyio.move_on_after(1):  # the stream ends right after: finish it to reuse it
+                            async for _ in chunks:
+                                pass
+                        return _result(message)
+                    if isinstance(message, dict):
+                        await on_message(message)
+        return None
 
     # -- the GET stream ------------------------------------------------------------------------------------------
     async def listen(self, on_message: OnMessage) -> None:
@@ -211,7 +236,7 @@ class HttpSession:
         failures = 0
         while failures < _GET_ATTEMPTS and not self._closed:
             try:
-                response = await self._send(b"GET", b"", accept=b"text/event-stream")
+                response = await self._send(b"GET", b"", _SSE)
                 if response.status == 405:  # the environment offers no GET stream
                     await response.release()
                     return

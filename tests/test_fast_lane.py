@@ -36,11 +36,16 @@ async def recorded_kitchen(name: str, **options: Any) -> AsyncIterator[tuple[str
 
 def lane_calls(seen: Seen) -> list[tuple[Any, Any]]:
     """(client address, id) of the tool calls the lane posted to the backend."""
-    return [(client, i) for client, method, i in seen.messages if method == "tools/call" and str(i).startswith("fmp-")]
+    return [(client, i) for client, method, i in seen.messages if method == "tools/call" and _lane_id(i)]
 
 
 def sdk_calls(seen: Seen) -> int:
-    return sum(1 for _, method, i in seen.messages if method == "tools/call" and not str(i).startswith("fmp-"))
+    """Tool calls that took the proxy's full path (its link's own request ids, "fmp-s-N")."""
+    return sum(1 for _, method, i in seen.messages if method == "tools/call" and not _lane_id(i))
+
+
+def _lane_id(request_id: Any) -> bool:
+    return str(request_id).startswith("fmp-") and not str(request_id).startswith("fmp-s-")
 
 
 async def _sample(context: Any, params: t.CreateMessageRequestParams) -> t.CreateMessageResult:
