@@ -29,6 +29,10 @@ from .store.records import BATCHABLE, Write
 logger = logging.getLogger(__name__)
 
 BATCH_LIMIT = 256  # records per transaction: bounds the crash-loss window and how long one write holds the store
+# When records come faster than this (the first of a batch within this long of the last write's end), the writer
+# waits this long for more before writing: measured, it halves the writer's CPU per record at 2-4 ms between
+# calls; at 8 ms between calls waiting would cost more than it saves, so records that far apart never wait.
+GATHER = 0.005
 
 
 def default_store_path() -> Path:
@@ -65,6 +69,7 @@ class Recorder:
         self._send, self._receive = anyio.create_memory_object_stream(math.inf)
         self._drained = anyio.Event()
         self._in_hand = 0  # records taken off the queue and not yet written
+        self._last_write = -math.inf  # when the last batch was written (anyio clock)
 
     @property
     def backlog(self) -> int:
@@ -103,6 +108,10 @@ class Recorder:
         try:
             async for first in self._receive:
                 batch = [first]
+                self._in_hand = 1
+                if first[3] is None and anyio.current_time() - self._last_write < GATHER:
+                    with anyio.CancelScope(shield=True):  # bounded; the record in hand is not dropped
+                        await anyio.sleep(GATHER)
                 while len(batch) < BATCH_LIMIT:
                     try:
                         batch.append(self._receive.receive_nowait())
@@ -113,6 +122,7 @@ class Recorder:
                     await self._write(batch)
                 finally:
                     self._in_hand = 0
+                    self._last_write = anyio.current_time()
         except anyio.ClosedResourceError:  # close() ran out of time and dropped the rest of the queue
             pass
         finally:
