@@ -2,13 +2,14 @@
 
 Requests only enqueue; one writer task applies the writes to the store in the order they happened. It takes
 everything queued (up to `BATCH_LIMIT` records) and commits each run of emitted records in ONE transaction
-(group commit); a `commit` is written on its own, durable when its caller is told. Nothing waits to fill a
-batch: a record queued while the writer is idle is written at once, alone.
+(group commit); a `commit` is written on its own, durable when its caller is told. A record that finds the
+writer idle is written at once, unless records are coming faster than `GATHER` apart: then the writer waits
+`GATHER` (5 ms) for more first.
 
-A crash loses what was not yet committed: the batch being written (at most `BATCH_LIMIT` records, all or none
-of it) plus whatever was queued behind it. The writer keeps up within milliseconds, so that is the records of
-the last few milliseconds; under a burst it is at most one batch and the queue behind it. A store that fails
-never fails a request, and a record the store refuses costs only itself: its batch is written again one by one.
+Crash-loss window: what was not yet committed, i.e. the batch being written (at most `BATCH_LIMIT` records,
+all or none of it), the records gathered in the last `GATHER`, and whatever was queued behind them. The writer
+keeps up within milliseconds, so that is the records of the last few milliseconds. A store that fails never
+fails a request, and a record the store refuses costs only itself: its batch is written again one by one.
 """
 
 from __future__ import annotations
