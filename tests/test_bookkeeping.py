@@ -12,7 +12,7 @@ from mcp import MCPError
 from test_failures import toml_config
 
 from fleet_mcp_proxy.config import load_config
-from fleet_mcp_proxy.recorder import Recorder, now
+from fleet_mcp_proxy.recorder import BATCH_LIMIT, Recorder, now
 from fleet_mcp_proxy.store import StoreError
 from fleet_mcp_proxy.store.sqlite import open_store
 
@@ -73,7 +73,7 @@ async def test_a_recorder_out_of_time_still_closes_the_store_and_counts_what_it_
     path = tmp_path / "episodes.sqlite3"
     store = await open_store(path)
     recorder = Recorder(store)
-    emitted = 5
+    emitted = BATCH_LIMIT + 5  # the writer takes a whole batch at a time: some must be left queued behind it
     async with anyio.create_task_group() as tg:
         tg.start_soon(recorder.run)
         for n in range(emitted):

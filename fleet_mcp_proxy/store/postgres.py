@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,8 @@ from .records import (
     RecordNotFound,
     RouteTarget,
     StoreError,
+    Write,
+    check_batchable,
     lease_of,
     lease_value,
     to_iso,
@@ -99,6 +102,8 @@ _OWNED = """SELECT owner, COUNT(*) FILTER (WHERE state = 'live') AS live, COUNT(
 _EXPORT_FIRST = "SELECT started_at, id FROM episodes WHERE started_at >= $1 ORDER BY started_at, id LIMIT $2"
 _EXPORT_NEXT = "SELECT started_at, id FROM episodes WHERE (started_at, id) > ($1, $2) ORDER BY started_at, id LIMIT $3"
 _EXPORT_PAGE = 100
+# The store and connection whose `apply` transaction the current task is inside: its writes join that transaction.
+_BATCH: ContextVar[tuple[object, Any] | None] = ContextVar("fmp_pg_batch", default=None)
 
 
 def _secrets_of(url: str) -> list[str]:
@@ -195,9 +200,13 @@ class PostgresStore:
         with anyio.CancelScope(shield=True):
             if self._pool is None:
                 raise StoreError(f"episode database {self.path} is not open")
+            batch = _BATCH.get()
             try:
-                async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-                    yield conn
+                if batch is not None and batch[0] is self:
+                    yield batch[1]
+                else:
+                    async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                        yield conn
             except asyncpg.ForeignKeyViolationError:
                 raise RecordNotFound(f"no episode {episode_id}") from None
             except asyncpg.UniqueViolationError:
@@ -266,6 +275,20 @@ class PostgresStore:
     async def set_submission(self, episode_id: str, answer: str, submitted_at: datetime) -> None:
         sql = "UPDATE episodes SET answer = $1, submitted_at = $2 WHERE id = $3 RETURNING id"
         await self._write(episode_id, sql, answer, to_iso(submitted_at), episode_id)
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        check_batchable(writes)
+        if len(writes) == 1:  # on its own a write commits itself: no BEGIN and COMMIT round trips
+            method, args, kwargs = writes[0]
+            await getattr(self, method)(*args, **kwargs)
+            return
+        async with self._connection() as conn, conn.transaction():
+            joined = _BATCH.set((self, conn))
+            try:
+                for method, args, kwargs in writes:
+                    await getattr(self, method)(*args, **kwargs)
+            finally:
+                _BATCH.reset(joined)
 
     async def set_result(self, episode_id: str, reward: JSONObject, verifier: JSONObject) -> None:
         await self.grade(episode_id, reward, verifier, datetime.now(UTC))

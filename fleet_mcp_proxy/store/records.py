@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -239,6 +239,20 @@ class RouteTarget:
     handshake: JSONObject | None  # a session route's `initialize` params
 
 
+# A store write as the recorder queues it: the method's name, its positional and its keyword arguments.
+Write = tuple[str, tuple[Any, ...], dict[str, Any]]
+# The writes `apply` takes in one transaction: the per-call record keeping the recorder emits. Reads, leases and
+# the end's compare-and-sets keep transactions of their own.
+BATCHABLE = frozenset(
+    {"open_episode", "add_instance", "instance_released", "add_call", "set_submission", "set_result", "add_route"}
+)
+
+
+def check_batchable(writes: Sequence[Write]) -> None:
+    if unknown := sorted({method for method, _, _ in writes} - BATCHABLE):
+        raise ValueError(f"cannot batch {', '.join(unknown)}: only {', '.join(sorted(BATCHABLE))}")
+
+
 class EpisodeStore(Protocol):
     """Where episodes are recorded: SQLite embedded, or PostgreSQL when several proxy replicas share one."""
 
@@ -273,6 +287,11 @@ class EpisodeStore(Protocol):
         ...
 
     async def set_submission(self, episode_id: str, answer: str, submitted_at: datetime) -> None: ...
+    async def apply(self, writes: Sequence[Write]) -> None:
+        """Make `BATCHABLE` writes in order in ONE transaction (the recorder's group commit): all or none; the
+        first refused write's error is raised, and nothing of the batch is kept."""
+        ...
+
     async def set_result(self, episode_id: str, reward: JSONObject, verifier: JSONObject) -> None: ...
     async def end_episode(self, episode_id: str, reason: str, ended_at: datetime) -> None: ...
     async def get(self, episode_id: str) -> EpisodeRecord | None: ...

@@ -1,24 +1,25 @@
-"""The embedded `EpisodeStore`: SQLite in WAL mode, one connection, every write committed as it is made."""
+"""The embedded `EpisodeStore`: SQLite in WAL mode, one connection, every write committed as it is made (or, for
+the recorder's batches, every batch in one transaction)."""
 
 from __future__ import annotations
 
 import builtins
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 import anyio
 
+from . import sqlite_writes as writes
 from .records import (
     LEASE_PREFIX,
     CallRecord,
-    DuplicateRecord,
     EndState,
     EpisodeRecord,
     EpisodeStore,
@@ -32,6 +33,8 @@ from .records import (
     RecordNotFound,
     RouteTarget,
     StoreError,
+    Write,
+    check_batchable,
     lease_of,
     lease_value,
     to_iso,
@@ -48,20 +51,13 @@ from .rows import (
     route_target_of,
 )
 from .schema import MIGRATIONS, SCHEMA_VERSION
+from .sqlite_writes import Statement, execute, execute_all, statement_of
 
-# One statement, so numbering is atomic even if another connection writes the same file.
-_INSERT_CALL = """INSERT INTO calls
-    SELECT ?, COALESCE(?, MAX(seq) + 1, 1), ?, ?, ?, ?, ?, ? FROM calls WHERE episode_id = ? RETURNING seq"""
 _BEGIN_END = """UPDATE episodes SET state = 'ending', end_reason = COALESCE(end_reason, ?),
     ended_at = COALESCE(ended_at, ?), task = COALESCE(?, task) WHERE id = ? AND state = 'live'"""
 _SET_STATE = (
     """UPDATE episodes SET state = ?1, closed_at = COALESCE(?2, closed_at) WHERE id = ?3 AND state != 'closed'"""
 )
-# A grade is written once: a retried grading (another process, a restart) finds it and keeps it. A live
-# episode graded on submit stays live: its end still records its reason.
-_GRADE = """UPDATE episodes SET reward = ?, verifier = ?, graded_at = ?,
-    state = CASE WHEN state IN ('ending', 'verifying') THEN 'graded' ELSE state END
-    WHERE id = ? AND reward IS NULL RETURNING id"""
 _CLAIM = """UPDATE episodes SET owner = ?1 WHERE id = ?2 AND state != 'closed'
     AND (owner = ?3 OR (owner IS NULL AND ?4 IS NULL)) RETURNING id"""
 _UNRELEASED = """SELECT i.* FROM instances i JOIN episodes e ON e.id = i.episode_id
@@ -77,6 +73,7 @@ _OWNED = """SELECT owner, SUM(state = 'live'), COUNT(*) FROM episodes
     WHERE state != 'closed' AND owner IS NOT NULL GROUP BY owner"""
 _EXPORT_IDS = "SELECT started_at, id FROM episodes WHERE (started_at, id) >= (?, ?) ORDER BY started_at, id LIMIT ?"
 _EXPORT_PAGE = 100
+T = TypeVar("T")
 
 
 class SQLiteStore:
@@ -172,21 +169,21 @@ class SQLiteStore:
     async def _write(
         self, episode_id: str, sql: str, params: tuple[Any, ...], missing: str = "", *, must_change: bool = True
     ) -> builtins.list[sqlite3.Row]:
+        return await self._run(Statement(episode_id, sql, params, missing, must_change))
+
+    async def _run(self, statement: Statement) -> builtins.list[sqlite3.Row]:
+        # One hop to the connection's thread for the whole write (aiosqlite's per-call hops cost more than the SQL).
         async with self._exclusive() as db:
-            try:
-                cursor = await db.execute(sql, params)
-                rows = builtins.list(await cursor.fetchall())  # steps the statement to its end: committed
-                changed = cursor.rowcount
-                await cursor.close()
-            except sqlite3.IntegrityError as exc:
-                if exc.sqlite_errorname == "SQLITE_CONSTRAINT_FOREIGNKEY":
-                    raise RecordNotFound(f"no episode {episode_id}") from None
-                if exc.sqlite_errorname in ("SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"):
-                    raise DuplicateRecord(f"episode {episode_id}: {exc}") from None
-                raise StoreError(f"episode {episode_id}: {exc}") from None
-        if changed == 0 and must_change:
-            raise RecordNotFound(missing or f"no episode {episode_id}")
-        return rows
+            return await _in_thread(db, execute, db._conn, statement)
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        check_batchable(writes)
+        statements = [statement_of(write, datetime.now(UTC)) for write in writes]
+        if len(statements) == 1:
+            await self._run(statements[0])  # on its own it commits itself: no BEGIN and COMMIT to run
+            return
+        async with self._exclusive() as db:
+            await _in_thread(db, execute_all, db._conn, statements)
 
     async def open_episode(
         self,
@@ -197,9 +194,7 @@ class SQLiteStore:
         owner: str | None = None,
         task: JSONObject | None = None,
     ) -> None:
-        sql = """INSERT INTO episodes (id, principal, task_key, started_at, state, owner, task)
-            VALUES (?, ?, ?, ?, 'live', ?, ?)"""
-        await self._write(episode_id, sql, (episode_id, principal, task_key, to_iso(started_at), owner, _dumps(task)))
+        await self._run(writes.open_episode(episode_id, principal, task_key, started_at, owner, task))
 
     async def add_instance(
         self,
@@ -215,25 +210,29 @@ class SQLiteStore:
         expires_at: float | None = None,
         origin: str | None = None,
     ) -> None:
-        sql = """INSERT INTO instances (episode_id, instance_id, alias, provider, spec, created_at, url, data_dir,
-            expires_at, origin) VALUES (?,?,?,?,?,?,?,?,?,?)"""
-        params = (episode_id, instance_id, alias, provider, spec, to_iso(created_at), url, data_dir, expires_at, origin)
-        await self._write(episode_id, sql, params)
+        statement = writes.add_instance(
+            episode_id,
+            alias,
+            instance_id,
+            provider,
+            spec,
+            created_at,
+            url=url,
+            data_dir=data_dir,
+            expires_at=expires_at,
+            origin=origin,
+        )
+        await self._run(statement)
 
     async def instance_released(self, episode_id: str, instance_id: str, released_at: datetime) -> None:
-        sql = "UPDATE instances SET released_at = ? WHERE episode_id = ? AND instance_id = ?"
-        missing = f"no instance {instance_id} in episode {episode_id}"
-        await self._write(episode_id, sql, (to_iso(released_at), episode_id, instance_id), missing)
+        await self._run(writes.instance_released(episode_id, instance_id, released_at))
 
     async def add_call(self, episode_id: str, call: CallRecord) -> int:
-        arguments = json.dumps(call.arguments, separators=(",", ":"))
-        params = (call.result_bytes, int(call.is_error), to_iso(call.started_at), call.duration_ms, episode_id)
-        rows = await self._write(episode_id, _INSERT_CALL, (episode_id, call.seq, call.tool, arguments, *params))
+        rows = await self._run(writes.add_call(episode_id, call))
         return int(rows[0][0])
 
     async def set_submission(self, episode_id: str, answer: str, submitted_at: datetime) -> None:
-        sql = "UPDATE episodes SET answer = ?, submitted_at = ? WHERE id = ?"
-        await self._write(episode_id, sql, (answer, to_iso(submitted_at), episode_id))
+        await self._run(writes.set_submission(episode_id, answer, submitted_at))
 
     async def set_result(self, episode_id: str, reward: JSONObject, verifier: JSONObject) -> None:
         await self.grade(episode_id, reward, verifier, datetime.now(UTC))
@@ -249,8 +248,7 @@ class SQLiteStore:
         await self._write(episode_id, _SET_STATE, (state, closed_at, episode_id), must_change=False)
 
     async def grade(self, episode_id: str, reward: JSONObject, verifier: JSONObject, at: datetime) -> JSONObject:
-        params = (json.dumps(reward), json.dumps(verifier), to_iso(at), episode_id)
-        if await self._write(episode_id, _GRADE, params, must_change=False):
+        if await self._run(writes.grade(episode_id, reward, verifier, at)):
             return reward
         async with self._exclusive() as db:
             rows = builtins.list(await db.execute_fetchall("SELECT reward FROM episodes WHERE id = ?", (episode_id,)))
@@ -323,9 +321,7 @@ class SQLiteStore:
         return {str(row[0]): OwnedCount(live=int(row[1]), unfinished=int(row[2])) for row in rows}
 
     async def add_route(self, route: str, episode_id: str, handshake: JSONObject | None = None) -> None:
-        sql = "INSERT OR REPLACE INTO routes (route, episode_id, handshake) VALUES (?, ?, ?)"
-        shake = json.dumps(handshake) if handshake is not None else None
-        await self._write(episode_id, sql, (route, episode_id, shake), must_change=False)
+        await self._run(writes.add_route(route, episode_id, handshake))
 
     async def route_target(self, route: str) -> RouteTarget | None:
         async with self._exclusive() as db:
@@ -421,6 +417,13 @@ class SQLiteStore:
                 db, self._db = self._db, None
                 if db is not None:
                     await db.close()  # the last connection out checkpoints the WAL into the main file
+
+
+async def _in_thread(db: aiosqlite.Connection, function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)` on the connection's own thread, queued behind its other calls. aiosqlite has no public
+    call for this; its `_execute` is what each of its own calls goes through."""
+    result: T = await db._execute(function, *args)  # type: ignore[no-untyped-call]
+    return result
 
 
 def _dumps(value: JSONObject | None) -> str | None:
