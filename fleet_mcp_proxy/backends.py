@@ -23,7 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 from pydantic import TypeAdapter, ValidationError
 
 from .catalog_memo import shared_list
-from .connpool import http_transport, lane_pool, release_http_transport, release_lane_pool
+from .connpool import http_transport, lane_pool, opening_slots, release_http_transport, release_lane_pool
 from .fastlane.stdio import StdioTap, tapped_stdio_client
 from .fastlane.target import LaneTarget
 from .http_session import HttpSession, Redirected, Unreachable
@@ -122,9 +122,17 @@ class BackendLink:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Connect, list, report readiness, then hold the link open until `stop()` or the backend dies."""
+        """Connect, list, report readiness, then hold the link open until `stop()` or the backend dies.
+
+        Links open a bounded number at a time (`opening_slots`), and `startup_timeout` runs from when this one's
+        turn comes: it measures the environment, not a queue of other episodes' handshakes in this process.
+        """
         started = False
+        slots = opening_slots()
+        holding = False
         try:
+            await slots.acquire()
+            holding = True
             with anyio.CancelScope(deadline=anyio.current_time() + self._startup_timeout) as scope:
                 async with AsyncExitStack() as stack:
                     if not await self._open_raw(stack):
@@ -135,6 +143,8 @@ class BackendLink:
                     await self.refresh()
                     scope.deadline = math.inf
                     started = True
+                    holding = False
+                    slots.release()
                     task_status.started()
                     async with anyio.create_task_group() as tg:
                         if self._raw is not None:
@@ -153,6 +163,8 @@ class BackendLink:
                 ", ".join(type(e).__name__ for e in group.exceptions),
             )
         finally:
+            if holding:
+                slots.release()
             self._session = None
             self._up = False
             if self._lane is not None and self._raw is None:

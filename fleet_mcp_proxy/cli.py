@@ -140,7 +140,9 @@ async def _serve_http(config: ProxyConfig, tasks: dict[str, Task]) -> None:
             config.host,
             TOKEN_ENV,
         )
-    sock.listen(2048)  # clients that read the line below may connect at once: they queue until uvicorn accepts
+    # Clients that read the line below may connect at once: they queue until uvicorn accepts. The kernel caps the
+    # backlog at net.core.somaxconn (4096 here); a storm of 4,096 arrivals overflowed the old 2,048 (issue 16).
+    sock.listen(65535)
     print(
         f"fleet-mcp-proxy {__version__} listening on http://{config.host}:{port}/mcp",
         file=sys.stderr,

@@ -1,4 +1,5 @@
-"""Connection pools that every backend link of this event loop shares, closed when the last link using one stops.
+"""Connection pools that every backend link of this event loop shares, closed when the last link using one stops;
+and the turns links take to open.
 
 Each link used to open its own: an httpx pool for its SDK client and a fast-lane pool, so an idle episode kept
 two keep-alive connections to its environment besides the GET stream, each costing both the proxy and the
@@ -22,11 +23,17 @@ from .tls import client_context
 _LIMITS = httpx2.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=4.0)
 
 
+# Handshakes in flight at once. A storm of arrivals otherwise starts thousands together, each starved of the one
+# event loop, and they time out together; queued, each finishes in its usual time once its turn comes.
+_OPENING = 32
+
+
 @dataclass
 class _Pools:
     lanes: dict[str, tuple[Http1Pool, int]] = field(default_factory=dict)
     http: httpx2.AsyncHTTPTransport | None = None
     http_users: int = 0
+    opening: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(_OPENING))
 
 
 _POOLS: RunVar[_Pools] = RunVar("fleet_mcp_proxy_pools")
@@ -39,6 +46,11 @@ def _pools() -> _Pools:
         pools = _Pools()
         _POOLS.set(pools)
         return pools
+
+
+def opening_slots() -> anyio.CapacityLimiter:
+    """Turns for opening a backend link (its handshake and first lists), shared by every episode of the loop."""
+    return _pools().opening
 
 
 def lane_pool(url: str) -> Http1Pool:

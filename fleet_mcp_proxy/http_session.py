@@ -69,7 +69,6 @@ class HttpSession:
         self._ids = itertools.count(1)
         self.session_id: str | None = None
         self.protocol_version: str | None = None
-        self.initialize_result: t.InitializeResult | None = None
         self._closed = False
 
     def headers(self, accept: bytes = _ACCEPT) -> tuple[tuple[bytes, bytes], ...]:
@@ -88,7 +87,6 @@ class HttpSession:
         if parsed.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS:
             raise MCPError(t.INTERNAL_ERROR, f"unsupported protocol version {parsed.protocol_version!r}")
         self.protocol_version = parsed.protocol_version
-        self.initialize_result = parsed
         await self.notify({"jsonrpc": "2.0", "method": "notifications/initialized"})
         return parsed
 
