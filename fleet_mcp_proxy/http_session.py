@@ -107,23 +107,22 @@ class HttpSession:
         if params is not None:
             message["params"] = dict(params)
         body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
-        sent = False
+        # A request may be running at the environment before any byte of its answer came back (a server that
+        # answers JSON sends its head only at the end), so a deadline or a cancel is always passed on; one
+        # the environment never saw is ignored there.
         try:
             with anyio.fail_after(timeout):
                 response = await self._send(b"POST", body)
-                sent = True
                 return await self._answer(response, request_id, on_message)
         except TimeoutError:
-            if sent:
-                await self.cancel(request_id, "timed out")
+            await self.cancel(request_id, "timed out")
             raise MCPError(t.REQUEST_TIMEOUT, f"Timed out while waiting for response to {method}.") from None
         except LaneError as exc:
             if exc.sent:  # the request went out and its answer never came: its outcome is unknown
                 raise MCPError(t.CONNECTION_CLOSED, "Connection closed") from None
             raise Unreachable() from None
         except anyio.get_cancelled_exc_class():
-            if sent:
-                await self.cancel(request_id, "cancelled by the client")
+            await self.cancel(request_id, "cancelled by the client")
             raise
 
     async def notify(self, message: Mapping[str, Any]) -> None:
