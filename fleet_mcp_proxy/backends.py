@@ -40,7 +40,7 @@ _LIST_METHODS = {
     "resourceTemplates": "resources/templates/list",
 }
 _MAX_PAGES = 1000
-_NOTIFICATION = TypeAdapter[Any](t.ServerNotification)
+NOTIFICATION = TypeAdapter[Any](t.ServerNotification)  # the lane validates with it too
 # The environment's own requests the proxy relays to the agent, and what each answer must be.
 _RELAYED: dict[str, tuple[type[Any], type[Any]]] = {
     "sampling/createMessage": (t.CreateMessageRequest, t.CreateMessageResult),
@@ -351,7 +351,7 @@ class BackendLink:
         if method in ("notifications/progress", "notifications/cancelled"):
             return  # progress reaches the call it belongs to; nothing here was cancelled by the environment
         try:
-            notification = _NOTIFICATION.validate_python(message)
+            notification = NOTIFICATION.validate_python(message)
         except ValidationError:
             logger.info("environment %s sent a malformed %s notification", self.alias, method)
             return

@@ -29,6 +29,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 from .connpool import lane_pool, release_lane_pool
 from .fastlane.http1 import Http1Pool, Http1Response, LaneError
 from .fastlane.sse import SseDecoder
+from .fastlane.target import extra_headers
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ _NOT_ACCEPTED = frozenset({502, 503})
 _ACCEPT = b"application/json, text/event-stream"
 _SSE = b"text/event-stream"
 _RESUME_ATTEMPTS = 2
-_HOP_BY_HOP = frozenset({"host", "content-length", "connection", "transfer-encoding", "keep-alive", "upgrade"})
 _GET_ATTEMPTS = 2  # as the SDK client: a GET stream that fails twice in a row is given up
 _GET_RETRY = 1.0
 _CLIENT_INFO = {"name": "fleet-mcp-proxy", "version": "0.1.0"}
@@ -60,11 +60,7 @@ class HttpSession:
     def __init__(self, url: str, headers: Mapping[str, str], *, retry_budget: float) -> None:
         self.url = url
         self.pool: Http1Pool = lane_pool(url)  # raises ValueError for anything but plain http(s)
-        self._extra = tuple(
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in headers.items()
-            if name.lower() not in _HOP_BY_HOP and name.lower() not in ("mcp-session-id", "mcp-protocol-version")
-        )
+        self._extra = extra_headers(headers)
         self._retry_budget = retry_budget
         self._ids = itertools.count(1)
         self.session_id: str | None = None

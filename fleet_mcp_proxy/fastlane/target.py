@@ -27,7 +27,13 @@ class LaneTarget:
         ]
         if protocol_version:
             headers.append((b"mcp-protocol-version", protocol_version.encode("ascii")))
-        for name, value in extra.items():
-            if name.lower() not in _HOP_BY_HOP and name.lower() not in ("mcp-session-id", "mcp-protocol-version"):
-                headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
-        return cls(pool, tuple(headers))
+        return cls(pool, (*headers, *extra_headers(extra)))
+
+
+def extra_headers(extra: Mapping[str, str]) -> tuple[tuple[bytes, bytes], ...]:
+    """An environment's own headers (its key, say) as sent on every request: never hop-by-hop or session ones."""
+    return tuple(
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in extra.items()
+        if name.lower() not in _HOP_BY_HOP and name.lower() not in ("mcp-session-id", "mcp-protocol-version")
+    )

@@ -23,11 +23,12 @@ from mcp.server.streamable_http import REQUEST_CANCELLED
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.types import Receive, Send
 
 from .. import telemetry
+from ..backends import NOTIFICATION
 from ..calls import malformed_message, stopped_message, timeout_message, unreachable_message
 from ..catalog import Route
 from ..chatlog import HANDOVER_META
@@ -54,7 +55,6 @@ from .toolresult import finish_forwarded
 logger = logging.getLogger(__name__)
 _NOT_ACCEPTED = frozenset({502, 503})  # never reached the backend; a 504 may have (see transport.py)
 _PASS_THROUGH = frozenset({"notifications/message", "notifications/progress"})
-_NOTIFICATION = TypeAdapter[Any](t.ServerNotification)
 _DRAIN_AFTER_ANSWER = 2.0
 
 
@@ -426,7 +426,7 @@ class FastLane:
             await writer.event(data)
         else:
             try:
-                notification = _NOTIFICATION.validate_python(message)
+                notification = NOTIFICATION.validate_python(message)
             except ValidationError:
                 return
             await episode.relay_notification(alias, notification)
