@@ -40,12 +40,16 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, **extra}
 
 
-async def read_line_matching(stream: Any, pattern: str, timeout: float = 30) -> re.Match[str]:
-    """Read lines from a subprocess pipe (in a thread) until one matches; bounded."""
+async def read_line_matching(
+    stream: Any, pattern: str, timeout: float = 30, seen: list[str] | None = None
+) -> re.Match[str]:
+    """Read lines from a subprocess pipe (in a thread) until one matches; bounded. Lines read go to `seen`."""
     regex = re.compile(pattern)
     with anyio.fail_after(timeout):
         while True:
             line = await anyio.to_thread.run_sync(stream.readline, abandon_on_cancel=True)
+            if seen is not None:
+                seen.append(line)
             if not line:
                 raise RuntimeError(f"process closed its output before printing {pattern!r}")
             if match := regex.search(line):

@@ -52,16 +52,19 @@ async def serve(*args: str, **env: str) -> Replica:
     task group: replicas stop in any order). Stop it with `stop_process(replica.proc)`."""
     command = [PY, "-m", "fleet_mcp_proxy", "serve", "--port", "0", *args]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=child_env(**env))
+    seen: list[str] = []
+    began = anyio.current_time()
     try:
         assert proc.stderr is not None
-        url = (await read_line_matching(proc.stderr, r"listening on (\S+)", timeout=60)).group(1)
+        url = (await read_line_matching(proc.stderr, r"listening on (\S+)", timeout=60, seen=seen)).group(1)
         running = Replica(proc, url)
         threading.Thread(target=_keep, args=(proc, running.log), daemon=True).start()
         with anyio.fail_after(60):  # the owner row is registered before /healthz says ok
             while await health(running.base) != "ok":
                 await anyio.sleep(0.05)
     except BaseException:
-        stop_process(proc)
+        stop_process(proc)  # what it printed shows why it did not come up
+        print(f"--- replica (pid {proc.pid}) not up after {anyio.current_time() - began:.1f}s:", *seen)
         raise
     return running
 

@@ -156,23 +156,33 @@ async def test_a_rolling_restart_of_every_replica_fails_no_call_and_loses_no_gra
             if submitted.is_error:
                 failures.append(f"agent {n}: submit refused")
 
-        with anyio.fail_after(360):
-            async with anyio.create_task_group() as tg:
-                ready = [anyio.Event() for _ in range(AGENTS)]
-                for n in range(AGENTS):
-                    tg.start_soon(one_agent, n, ready[n])
-                for event in ready:
-                    await event.wait()
-                for i in range(3):  # one after the other, each back before the next goes
-                    before = calls
-                    in_flight_at_kills += inflight if sig == signal.SIGKILL else 0
-                    stopped.append(await replicas.stop(i, sig))
-                    await replicas.start(i)
-                    await front.wait_states({"r1": "UP", "r2": "UP", "r3": "UP"}, timeout=60)
-                    while calls < before + AGENTS:  # every agent got on with its work meanwhile
-                        await anyio.sleep(0.1)
-                restarted.set()
-            records = await _all_closed(store_url, AGENTS)
+        steps: list[str] = []  # the timeline, shown when the test fails
+        t0 = anyio.current_time()
+        try:
+            with anyio.fail_after(360):
+                async with anyio.create_task_group() as tg:
+                    ready = [anyio.Event() for _ in range(AGENTS)]
+                    for n in range(AGENTS):
+                        tg.start_soon(one_agent, n, ready[n])
+                    for event in ready:
+                        await event.wait()
+                    steps.append(f"{anyio.current_time() - t0:.1f}s: {AGENTS} agents started")
+                    for i in range(3):  # one after the other, each back before the next goes
+                        before = calls
+                        in_flight_at_kills += inflight if sig == signal.SIGKILL else 0
+                        stopped.append(await replicas.stop(i, sig))
+                        steps.append(f"{anyio.current_time() - t0:.1f}s: replica {i} stopped ({calls} calls)")
+                        await replicas.start(i)
+                        steps.append(f"{anyio.current_time() - t0:.1f}s: replica {i} started")
+                        await front.wait_states({"r1": "UP", "r2": "UP", "r3": "UP"}, timeout=60)
+                        steps.append(f"{anyio.current_time() - t0:.1f}s: all UP ({calls} calls)")
+                        while calls < before + AGENTS:  # every agent got on with its work meanwhile
+                            await anyio.sleep(0.1)
+                        steps.append(f"{anyio.current_time() - t0:.1f}s: {calls - before} calls since")
+                    restarted.set()
+        finally:
+            print("timeline:", *steps, sep="\n  ")
+        records = await _all_closed(store_url, AGENTS)
         leaked = await live_instances(base_url)
     assert len(failures) <= in_flight_at_kills, failures[:10]
     if sig == signal.SIGTERM:

@@ -39,10 +39,6 @@ async def revive_session(
         retry_interval=manager.retry_interval,
         idle_timeout=manager.session_idle_timeout,
     )
-    user = scope.get("user")
-    if isinstance(user, AuthenticatedUser):  # the SDK serves a session only to the credential that opened it
-        manager._session_owners[session_id] = authorization_context(user)
-    manager._server_instances[session_id] = transport
 
     async def run_server(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with transport.connect() as (read_stream, write_stream):
@@ -80,9 +76,17 @@ async def revive_session(
     except Exception:
         logger.exception("could not revive session %s", session_id[:64])
         ready = False
-    if not ready:
+    if not ready or transport.is_terminated:
         await manager._discard_session(session_id, transport)
-    return ready
+        return False
+    # Known to the SDK only now, with its handshake replayed: a request that finds the id registered goes
+    # straight to the transport, and one arriving meanwhile waited for this revive (`remote.py`), instead of
+    # reaching a transport not yet connected (the SDK answers that with a 500).
+    user = scope.get("user")
+    if isinstance(user, AuthenticatedUser):  # the SDK serves a session only to the credential that opened it
+        manager._session_owners[session_id] = authorization_context(user)
+    manager._server_instances[session_id] = transport
+    return True
 
 
 async def _post(
