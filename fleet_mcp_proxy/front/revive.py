@@ -96,7 +96,8 @@ async def _post(
     session_id: str | None,
     version: str | None,
 ) -> bool:
-    """One JSON-RPC message through the transport as if the client had sent it; True on a 2xx answer."""
+    """One JSON-RPC message through the transport as if the client had sent it; True on a 2xx answer that, for a
+    request, carries its result (the SDK answers a handshake it refuses with 200 and a JSON-RPC error)."""
     body = json.dumps(message).encode()
     headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _DROPPED]
     headers += [
@@ -111,6 +112,7 @@ async def _post(
     replay: Scope = {**scope, "method": "POST", "headers": headers, "query_string": scope.get("query_string", b"")}
     sent = False
     status = 0
+    answer = bytearray()
     finished = anyio.Event()
 
     async def receive() -> Message:
@@ -125,8 +127,26 @@ async def _post(
         nonlocal status
         if event["type"] == "http.response.start":
             status = int(event["status"])
-        elif event["type"] == "http.response.body" and not event.get("more_body", False):
-            finished.set()
+        elif event["type"] == "http.response.body":
+            answer.extend(event.get("body", b""))
+            if not event.get("more_body", False):
+                finished.set()
 
     await transport.handle_request(replay, receive, send)
-    return 200 <= status < 300
+    if not 200 <= status < 300:
+        return False
+    return "id" not in message or _has_result(bytes(answer), message["id"])
+
+
+def _has_result(answer: bytes, request_id: Any) -> bool:
+    """Whether an answer (one JSON body, or SSE events) holds the result of `request_id`."""
+    text = answer.decode("utf-8", "replace")
+    candidates = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")] or [text]
+    for candidate in candidates:
+        try:
+            message = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and message.get("id") == request_id:
+            return "result" in message
+    return False
