@@ -80,7 +80,8 @@ async def cluster(tmp_path: Path, store_url: str, base_url: str) -> Any:
         replicas.close()
         for r in [*replicas.stopped, *(r for r in replicas.running if r is not None)]:  # shown when a test fails
             print(
-                f"--- replica {r.base} (pid {r.proc.pid}) errors:", *[x for x in r.log if "ERROR" in x or "Error" in x]
+                f"--- replica {r.base} (pid {r.proc.pid}) errors:",
+                *[x for x in r.log if "ERROR" in x or "Error" in x or "drain" in x],
             )
 
 

@@ -24,10 +24,12 @@ from .hop import HANDED_OVER_HEADER
 
 if TYPE_CHECKING:
     from ..episode import Episode
+    from ..registry import Registry
     from .episodes import StateHolder
 
 logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.05
+HANDOVERS_AT_ONCE = 32
 RELEASE_WAIT = 10.0  # the store write that frees a handed-over row (the recorder bounds it at 5 s)
 
 
@@ -35,7 +37,7 @@ async def drain(holder: StateHolder, *, delay: float, grace: float) -> None:
     """Fail readiness, wait `delay` for the balancer to notice, then hand over every live episode (within `grace`;
     what is still busy then is ended by the usual shutdown)."""
     state = holder.state
-    if state is None or holder.remote is None:
+    if state is None or holder.remote is None or state.recorder.store is None:
         return
     registry = state.registry
     registry.draining = True
@@ -45,13 +47,24 @@ async def drain(holder: StateHolder, *, delay: float, grace: float) -> None:
         logger.warning("no other replica serves this store: episodes are ended, not handed over")
         return
     handed = 0
-    with anyio.move_on_after(grace):
-        while any(e.end_state == "live" for e in registry.episodes.values()):
-            for key, episode in list(registry.episodes.items()):
-                idle = episode.inflight == 0 and not registry.requests.get(key)
-                if idle and episode.end_state == "live" and episode.ended is None:
-                    handed += await _hand_over(holder, key, episode)
-            await anyio.sleep(POLL_SECONDS)
+    turns = anyio.CapacityLimiter(HANDOVERS_AT_ONCE)
+
+    async def hand_over(key: str, episode: Episode, released: anyio.Event) -> None:
+        nonlocal handed
+        async with turns:
+            await _hand_over(holder, key, episode, released)
+        handed += 1
+
+    # Side by side, not one after the other: each hand-over waits on the store and on its environments (each
+    # bounded), and a hundred of them in a row would outlast the grace.
+    async with anyio.create_task_group() as tg:
+        with anyio.move_on_after(grace):
+            while any(e.end_state == "live" for e in registry.episodes.values()):
+                for key, episode in list(registry.episodes.items()):
+                    idle = episode.inflight == 0 and not registry.requests.get(key)
+                    if idle and episode.end_state == "live" and episode.ended is None:
+                        tg.start_soon(hand_over, key, episode, _take(registry, key))
+                await anyio.sleep(POLL_SECONDS)
     logger.warning("drained: %d episode(s) handed over, %d left to end", handed, len(registry.episodes))
 
 
@@ -68,17 +81,20 @@ async def _others_serve(holder: StateHolder) -> bool:
     return any(o.address and o.owner_id != adopter.me.owner_id and owner_alive(o, at=at, me=adopter.me) for o in owners)
 
 
-async def _hand_over(holder: StateHolder, key: str, episode: Episode) -> int:
-    state = holder.state
-    assert state is not None and holder.remote is not None
-    registry, store = state.registry, state.recorder.store
-    me = holder.remote.forwarder.me
-    if store is None or registry.episodes.get(key) is not episode:
-        return 0
+def _take(registry: Registry, key: str) -> anyio.Event:
+    """The episode leaves this replica's registry at once, in the same step that found it idle: a request arriving
+    from now on waits for its release (the event returned), then is answered "handed over", so whoever gets it
+    next finds the row free to adopt."""
     del registry.episodes[key]
-    # Before any wait: a request arriving from now on waits for the release below, then is answered "handed
-    # over", so whoever gets it next finds the row free to adopt.
     released = registry.handed_over[key] = anyio.Event()
+    return released
+
+
+async def _hand_over(holder: StateHolder, key: str, episode: Episode, released: anyio.Event) -> None:
+    state = holder.state
+    assert state is not None and holder.remote is not None and state.recorder.store is not None
+    registry = state.registry
+    me = holder.remote.forwarder.me
     with anyio.CancelScope(shield=True):
         try:
             await state.recorder.commit("hand_over", episode.id, me.owner_id, timeout=5.0)
@@ -93,7 +109,6 @@ async def _hand_over(holder: StateHolder, key: str, episode: Episode) -> int:
                 await hook(episode)
     episode.end_state = "handed over"
     logger.info("episode %s handed over", episode.id)
-    return 1
 
 
 async def answer_handed_over(released: anyio.Event, scope: Scope, receive: Receive, send: Send) -> None:
