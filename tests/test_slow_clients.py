@@ -242,3 +242,34 @@ async def test_the_proxy_closes_a_connection_whose_body_trickles_past_body_timeo
                 assert not (await c.call_tool("echo", {"text": "prompt"})).is_error
         assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
         assert sent < 10_000
+
+
+async def _response(stream: Any) -> bytes:
+    """One HTTP/1.1 response with a Content-Length body, read off a raw connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+    length = int(lengths[0])
+    while len(body) < length:
+        body += await stream.receive()
+    return head
+
+
+@pytest.mark.anyio
+async def test_a_kept_alive_connection_outlives_the_clients_own_expiry() -> None:
+    """httpx keeps an idle connection for 5 s, and so did uvicorn: a client reusing one just as the server closed
+    it lost its POST underneath. The proxy keeps idle connections longer (`keep_alive_timeout`), so the client is
+    the one that lets go."""
+    config = config_with(KITCHEN)
+    async with proxy_http(config) as proxy:
+        host, port = _address(proxy.url)
+        request = f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+        with anyio.fail_after(60):
+            async with await anyio.connect_tcp(host, port) as stream:
+                await stream.send(request)
+                assert (await _response(stream)).startswith(b"HTTP/1.1 200")
+                await anyio.sleep(httpx2.Limits().keepalive_expiry + 1.0)  # idle past the client's expiry: the subject
+                await stream.send(request)
+                assert (await _response(stream)).startswith(b"HTTP/1.1 200")  # the same connection still serves

@@ -162,6 +162,7 @@ def uvicorn_config(app: ASGIApp, config: ProxyConfig, **options: Any) -> uvicorn
         "access_log": False,
         "http": header_deadline_protocol(config.header_timeout, body_timeout=config.body_timeout),
         "limit_concurrency": config.limit_concurrency,  # beyond it: 503 at once, never a hang
+        "timeout_keep_alive": config.keep_alive_timeout,
         **options,
     }
     return uvicorn.Config(app, **settings)
