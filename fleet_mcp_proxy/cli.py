@@ -19,7 +19,7 @@ from .front.drain import DrainingServer
 from .front.episodes import StateHolder
 from .front.http import build_app
 from .front.server import build_server
-from .front.slowclients import uvicorn_config
+from .front.slowclients import LISTEN_BACKLOG, uvicorn_config
 from .front.stdio import serve_stdio
 from .providers.local import INSTANCE_DIR
 from .tasks import Task, TaskFileError, load_tasks
@@ -140,9 +140,8 @@ async def _serve_http(config: ProxyConfig, tasks: dict[str, Task]) -> None:
             config.host,
             TOKEN_ENV,
         )
-    # Clients that read the line below may connect at once: they queue until uvicorn accepts. The kernel caps the
-    # backlog at net.core.somaxconn (4096 here); a storm of 4,096 arrivals overflowed the old 2,048 (issue 16).
-    sock.listen(65535)
+    # Clients that read the line below may connect at once: they queue until uvicorn accepts.
+    sock.listen(LISTEN_BACKLOG)
     print(
         f"fleet-mcp-proxy {__version__} listening on http://{config.host}:{port}/mcp",
         file=sys.stderr,

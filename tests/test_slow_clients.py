@@ -13,7 +13,8 @@ import anyio
 import httpx2
 import pytest
 from edge_helpers import ok_app, serve
-from helpers import config_with, http_client, kitchen_cmd, proxy_http
+from helpers import config_with, http_client, kitchen_cmd, proxy_http, stop_process
+from scaleout_helpers import serve as spawn_cli
 
 from fleet_mcp_proxy.front import slowclients
 
@@ -273,3 +274,19 @@ async def test_a_kept_alive_connection_outlives_the_clients_own_expiry() -> None
                 await anyio.sleep(httpx2.Limits().keepalive_expiry + 1.0)  # idle past the client's expiry: the subject
                 await stream.send(request)
                 assert (await _response(stream)).startswith(b"HTTP/1.1 200")  # the same connection still serves
+
+
+@pytest.mark.anyio
+async def test_the_listen_queue_is_the_kernels_ceiling_not_uvicorns() -> None:
+    """4,096 arrivals at once overflowed the accept queue: asyncio re-listens with uvicorn's `backlog` (2,048),
+    whatever the CLI asked for. The served socket's queue, as the kernel reports it, is now its own ceiling."""
+    somaxconn = int(await anyio.Path("/proc/sys/net/core/somaxconn").read_text())
+    running = await spawn_cli("--env", KITCHEN)
+    try:
+        with anyio.fail_after(30):
+            listing = await anyio.run_process(["ss", "-ltnH", f"sport = :{running.port}"])
+    finally:
+        stop_process(running.proc)
+    (line,) = listing.stdout.decode().splitlines()
+    backlog = int(line.split()[2])  # Send-Q of a listening socket: its backlog
+    assert backlog == min(somaxconn, slowclients.LISTEN_BACKLOG) > 2048, line

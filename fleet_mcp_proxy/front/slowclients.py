@@ -25,6 +25,9 @@ from ..config import ProxyConfig
 
 logger = logging.getLogger(__name__)
 _TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+# Connections the kernel queues before uvicorn accepts them; it caps this at net.core.somaxconn (4096 here).
+# asyncio's create_server calls listen() again with uvicorn's `backlog`, so this is where the figure takes hold.
+LISTEN_BACKLOG = 65535
 
 
 class _HeaderTimer:
@@ -163,6 +166,7 @@ def uvicorn_config(app: ASGIApp, config: ProxyConfig, **options: Any) -> uvicorn
         "http": header_deadline_protocol(config.header_timeout, body_timeout=config.body_timeout),
         "limit_concurrency": config.limit_concurrency,  # beyond it: 503 at once, never a hang
         "timeout_keep_alive": config.keep_alive_timeout,
+        "backlog": LISTEN_BACKLOG,  # uvicorn's 2,048 overflowed under 4,096 arrivals at once (issue 16)
         **options,
     }
     return uvicorn.Config(app, **settings)
