@@ -124,6 +124,20 @@ async def _peak_rss(pid: int, peak: list[int], stop: anyio.Event) -> None:
             await stop.wait()
 
 
+def listen_overflows() -> int | None:
+    """The kernel's count of connections dropped because a listen queue was full (machine-wide; the proxy's is
+    the only queue the storm fills: links to the backend open at most 32 at a time)."""
+    try:
+        with open("/proc/net/netstat", encoding="ascii") as netstat:
+            lines = netstat.read().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["ListenOverflows"])
+    return None
+
+
 async def _status(base: str) -> dict[str, Any]:
     async with http_client(1) as http:
         response = await http.get(f"{base}/status")
@@ -141,6 +155,7 @@ async def storm(ctx: Context, episodes: int, n_workers: int) -> dict[str, Any]:
             raw["proxy_rss_idle_kb"] = px.rss_kb()
             async with workers(px.url, shares(episodes, n_workers), ctx) as gen:
                 cpu_before = {"proxy": cpu_seconds(px.pid), "backend": cpu_seconds(backend.pid)}
+                overflows_before = listen_overflows()
                 peak, stop = [px.rss_kb()], anyio.Event()
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_peak_rss, px.pid, peak, stop)
@@ -150,6 +165,9 @@ async def storm(ctx: Context, episodes: int, n_workers: int) -> dict[str, Any]:
                     with anyio.fail_after(STORM_TIMEOUT):
                         results = [(await worker.read())["result"] for worker in gen]
                     raw["seconds"] = round(time.perf_counter() - start, 2)
+                    overflows = listen_overflows()
+                    if overflows is not None and overflows_before is not None:
+                        raw["listen_overflows"] = overflows - overflows_before
                     raw["cpu_s"] = {
                         "proxy": round(cpu_seconds(px.pid) - cpu_before["proxy"], 2),
                         "backend": round(cpu_seconds(backend.pid) - cpu_before["backend"], 2),
@@ -186,9 +204,10 @@ def rows(raw: dict[str, Any]) -> list[Row]:
     n, errors, first = raw["episodes"], raw["errors"], raw["first_echo_ms"]
     p50 = f"{first['p50'] / 1000:.1f} s" if first.get("n") else "-"
     p99 = f"{first['p99'] / 1000:.1f} s" if first.get("n") else "-"
+    overflows = raw.get("listen_overflows")
     figures = (
         f"{errors} errors; first echo p50 {p50}, p99 {p99}; RSS peak {raw['proxy_rss_peak_kb'] / 1024:.0f} MB;"
-        f" {raw['seconds']:.0f} s"
+        f" {raw['seconds']:.0f} s" + ("" if overflows is None else f"; listen-queue overflows {overflows}")
     )
     lane = raw.get("lane_served")
     answered = first.get("n", 0)

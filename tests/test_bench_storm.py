@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.memory import system_per_episode_kb
-from benchmarks.storm import error_counts, merge, rows, shares
+from benchmarks.storm import error_counts, listen_overflows, merge, rows, shares
 
 
 def test_shares_spread_evenly_and_never_leave_a_generator_empty() -> None:
@@ -72,3 +72,12 @@ def test_rows_say_unknown_when_status_could_not_be_read_or_nothing_answered() ->
 def test_whole_system_memory_adds_the_environment_behind_the_proxy() -> None:
     assert system_per_episode_kb(241.0, 147.4) == 388.4
     assert system_per_episode_kb(100.0, -3.0) == 97.0  # a backend that shrank counts as less, not as zero
+
+
+def test_the_kernels_listen_queue_overflows_are_read_and_reported() -> None:
+    before = listen_overflows()
+    assert before is not None and before >= 0  # Linux counts them in /proc/net/netstat (TcpExt)
+    storm, _ = rows({**_raw(0, 8, 8), "listen_overflows": 12})
+    assert storm.proxy.endswith("; listen-queue overflows 12"), storm.proxy
+    storm, _ = rows(_raw(0, 8, 8))
+    assert "overflows" not in storm.proxy  # not measured: not shown
