@@ -9,6 +9,7 @@ tests/test_quality.py), so spawning, environment and the shutdown sequence are t
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,7 +30,7 @@ _WRITER_FLUSH = 0.5  # seconds for messages already accepted to reach the enviro
 
 
 @dataclass(eq=False)
-class _Slot:
+class AnswerSlot:
     arrived: anyio.Event = field(default_factory=anyio.Event)
     message: dict[str, Any] | None = None  # None once arrived: the environment's output ended first
 
@@ -39,15 +40,15 @@ class StdioTap:
 
     def __init__(self) -> None:
         self._stdin: anyio.abc.ByteSendStream | None = None
-        self._pending: dict[str, _Slot] = {}
+        self._pending: dict[str, AnswerSlot] = {}
         self.open = False
 
     def attach(self, stdin: anyio.abc.ByteSendStream) -> None:
         self._stdin = stdin
         self.open = True
 
-    def expect(self, request_id: str) -> _Slot:
-        slot = _Slot()
+    def expect(self, request_id: str) -> AnswerSlot:
+        slot = AnswerSlot()
         self._pending[request_id] = slot
         return slot
 
@@ -63,6 +64,28 @@ class StdioTap:
         if self._stdin is None or not self.open:
             raise anyio.ClosedResourceError
         await self._stdin.send(line + b"\n")  # one write: lines from concurrent senders never interleave
+
+    def send_nowait(self, line: bytes) -> bool:
+        """Hand one message to the pipe at once, without waiting for room: True if it was, False where the caller
+        must `send` it. The pipe's own buffer takes what the environment has not read yet; `drain` waits for it.
+
+        The asyncio writer under anyio's stream is reached by its private name (anyio 4); without it, False.
+        """
+        writer = getattr(self._stdin, "_stream", None)
+        if not self.open or not isinstance(writer, asyncio.StreamWriter) or writer.is_closing():
+            return False
+        writer.write(line + b"\n")  # whole lines: the SDK's writes go through the same writer, never interleaved
+        return True
+
+    async def drain(self) -> None:
+        """Wait until the pipe took what `send_nowait` handed it (at once, unless the environment lags behind).
+
+        Raises:
+            OSError: the environment's input is gone.
+        """
+        writer = getattr(self._stdin, "_stream", None)
+        if isinstance(writer, asyncio.StreamWriter):
+            await writer.drain()
 
     def claim(self, raw: Any) -> bool:
         """Whether a parsed line is the answer to one of the lane's requests (then it is delivered)."""

@@ -27,7 +27,7 @@ from ..calls import malformed_message, stopped_message, timeout_message, unreach
 from ..catalog import Route
 from ..chatlog import HANDOVER_META
 from ..episode import Episode
-from ..fastlane.stdio import LANE_ID_PREFIX, StdioTap
+from ..fastlane.stdio import LANE_ID_PREFIX, AnswerSlot, StdioTap
 from ..forwarding import forward_params, tool_error
 from ..recorder import now
 from .admission import CallRefused, call_slot, is_request_id, tool_call_params_ok
@@ -48,6 +48,9 @@ class _Call:
     tap: StdioTap
     backend_id: str
     slot: ExitStack
+    request: bytes
+    answer: AnswerSlot
+    sent: bool = False  # handed to the pipe as the line was read
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
 
@@ -162,7 +165,12 @@ class StdioLane:
             slot.enter_context(call_slot(state.limits, episode.principal))
         except CallRefused:
             return False  # max_calls_per_principal: the SDK path words the refusal
-        call = _Call(tap, f"{LANE_ID_PREFIX}{next(self.ids)}", slot)
+        backend_id = f"{LANE_ID_PREFIX}{next(self.ids)}"
+        request: dict[str, Any] = {"jsonrpc": "2.0", "id": backend_id, "method": "tools/call"}
+        request["params"] = forward_params(params, name=route.original)
+        call = _Call(tap, backend_id, slot, dumps(request), tap.expect(backend_id))
+        # Sent now, before the call's task even starts: the environment works while that task is set up.
+        call.sent = tap.send_nowait(call.request)
         assert front_id is not None
         self._calls[front_id] = call  # now, so a cancel read next finds it
         self._tg.start_soon(self._serve, call, front_id, params, episode, route)
@@ -180,7 +188,7 @@ class StdioLane:
         upstreams.append(upstream)
         try:
             with call.slot, episode.busy():
-                answer = await self._exchange(call, episode, route.alias, name, params, route.original)
+                answer = await self._exchange(call, episode, route.alias, name)
         finally:
             upstreams.remove(upstream)
             self._calls.pop(front_id, None)
@@ -196,19 +204,18 @@ class StdioLane:
         else:
             await self.out.write(dumps({"jsonrpc": "2.0", "id": front_id, "error": answer["error"]}) + b"\n")
 
-    async def _exchange(
-        self, call: _Call, episode: Episode, alias: str, exposed: str, params: dict[str, Any], original: str
-    ) -> dict[str, Any] | None:
+    async def _exchange(self, call: _Call, episode: Episode, alias: str, exposed: str) -> dict[str, Any] | None:
         """`{"result": ...}` or `{"error": ...}` as the SDK path would answer; None when the client cancelled."""
         timeout = episode.environments[alias].call_timeout
-        request: dict[str, Any] = {"jsonrpc": "2.0", "id": call.backend_id, "method": "tools/call"}
-        request["params"] = forward_params(params, name=original)
-        slot = call.tap.expect(call.backend_id)
+        slot = call.answer
         answer: dict[str, Any] | None = None
         with call.scope:
             try:
                 with anyio.fail_after(timeout):
-                    await call.tap.send(dumps(request))
+                    if call.sent:
+                        await call.tap.drain()
+                    else:
+                        await call.tap.send(call.request)
                     await slot.arrived.wait()
                 answer = _answer(slot.message, alias, exposed, timeout)
             except TimeoutError:
