@@ -250,9 +250,10 @@ class ProxyConfig(_Frozen):
     body_timeout: float = Field(default=30.0, gt=0)  # a request body must arrive within this after its headers
     limit_concurrency: int | None = Field(default=1000, gt=0)  # connections + requests; beyond: 503
     # An idle kept-alive connection is closed after this. Longer than clients keep theirs (httpx: 5 s), so the
-    # client, not the proxy, closes it: a POST sent as the proxy closes the connection fails underneath. Not
-    # much longer: uvicorn counts idle connections towards `limit_concurrency`.
-    keep_alive_timeout: float = Field(default=10.0, gt=0)
+    # client, not the proxy, closes it: a POST sent as the proxy closes the connection fails underneath; and a
+    # client slowed down by a storm keeps its connection instead of reconnecting. uvicorn counts idle connections
+    # towards `limit_concurrency` (docs/security.md).
+    keep_alive_timeout: float = Field(default=60.0, gt=0)
     max_episodes_per_principal: int = Field(default=1000, ge=0)  # 0: unlimited
     max_calls_per_principal: int = Field(default=1000, ge=0)  # tool calls in flight; 0: unlimited
     max_leases_per_principal: int = Field(default=1000, ge=0)  # instances held; 0: unlimited
