@@ -40,11 +40,15 @@ class StdioTap:
 
     def __init__(self) -> None:
         self._stdin: anyio.abc.ByteSendStream | None = None
+        self._writer: asyncio.StreamWriter | None = None  # under `_stdin`: lines handed over without a wait
         self._pending: dict[str, AnswerSlot] = {}
         self.open = False
 
     def attach(self, stdin: anyio.abc.ByteSendStream) -> None:
         self._stdin = stdin
+        # anyio 4 keeps asyncio's writer under a private name; without it, every line is sent with `send`.
+        writer = getattr(stdin, "_stream", None)
+        self._writer = writer if isinstance(writer, asyncio.StreamWriter) else None
         self.open = True
 
     def expect(self, request_id: str) -> AnswerSlot:
@@ -67,12 +71,9 @@ class StdioTap:
 
     def send_nowait(self, line: bytes) -> bool:
         """Hand one message to the pipe at once, without waiting for room: True if it was, False where the caller
-        must `send` it. The pipe's own buffer takes what the environment has not read yet; `drain` waits for it.
-
-        The asyncio writer under anyio's stream is reached by its private name (anyio 4); without it, False.
-        """
-        writer = getattr(self._stdin, "_stream", None)
-        if not self.open or not isinstance(writer, asyncio.StreamWriter) or writer.is_closing():
+        must `send` it. The pipe's own buffer takes what the environment has not read yet; `drain` waits for it."""
+        writer = self._writer
+        if not self.open or writer is None or writer.is_closing():
             return False
         writer.write(line + b"\n")  # whole lines: the SDK's writes go through the same writer, never interleaved
         return True
@@ -83,9 +84,8 @@ class StdioTap:
         Raises:
             OSError: the environment's input is gone.
         """
-        writer = getattr(self._stdin, "_stream", None)
-        if isinstance(writer, asyncio.StreamWriter):
-            await writer.drain()
+        if self._writer is not None:
+            await self._writer.drain()
 
     def claim(self, raw: Any) -> bool:
         """Whether a parsed line is the answer to one of the lane's requests (then it is delivered)."""

@@ -20,8 +20,11 @@ from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.types import Message, Scope
 
+from ..fastlane.sse import SseDecoder
+
 logger = logging.getLogger(__name__)
 REPLAY_TIMEOUT = 10.0
+_SSE = b"text/event-stream"
 _DROPPED = frozenset({b"content-length", b"content-type", b"accept", b"mcp-session-id", b"mcp-protocol-version"})
 
 
@@ -112,6 +115,7 @@ async def _post(
     replay: Scope = {**scope, "method": "POST", "headers": headers, "query_string": scope.get("query_string", b"")}
     sent = False
     status = 0
+    event_stream = False
     answer = bytearray()
     finished = anyio.Event()
 
@@ -124,9 +128,10 @@ async def _post(
         return {"type": "http.disconnect"}
 
     async def send(event: Message) -> None:
-        nonlocal status
+        nonlocal status, event_stream
         if event["type"] == "http.response.start":
             status = int(event["status"])
+            event_stream = any(k.lower() == b"content-type" and v.startswith(_SSE) for k, v in event["headers"])
         elif event["type"] == "http.response.body":
             answer.extend(event.get("body", b""))
             if not event.get("more_body", False):
@@ -135,18 +140,13 @@ async def _post(
     await transport.handle_request(replay, receive, send)
     if not 200 <= status < 300:
         return False
-    return "id" not in message or _has_result(bytes(answer), message["id"])
-
-
-def _has_result(answer: bytes, request_id: Any) -> bool:
-    """Whether an answer (one JSON body, or SSE events) holds the result of `request_id`."""
-    text = answer.decode("utf-8", "replace")
-    candidates = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")] or [text]
-    for candidate in candidates:
+    if "id" not in message:
+        return True
+    for data in SseDecoder().feed(bytes(answer)) if event_stream else [bytes(answer)]:
         try:
-            message = json.loads(candidate)
+            reply = json.loads(data)
         except ValueError:
             continue
-        if isinstance(message, dict) and message.get("id") == request_id:
-            return "result" in message
+        if isinstance(reply, dict) and reply.get("id") == message["id"]:
+            return "result" in reply
     return False
